@@ -1,0 +1,1 @@
+"""The Zax-compatible mailbox API: session handshake and /command."""

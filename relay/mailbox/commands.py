@@ -1,0 +1,106 @@
+"""/command: open the session box, dispatch to a command handler, box the answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from nacl.exceptions import CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+from twisted.internet.interfaces import IReactorTime
+
+from relay.config import MailboxConfig
+from relay.crypto import KEY_LEN, NONCE_LEN, b64encode, make_nonce
+from relay.mailbox.nonces import NonceGuard
+from relay.mailbox.wire import decode_field, split_lines
+from relay.store import Store
+from relay.web.errors import HTTPError, bad_request, unauthorized
+
+
+@attrs.define
+class CommandContext:
+    """What a handler knows of the request: who asks, the parsed command, the 4th line."""
+
+    hpk: bytes
+    box: Box
+    clock: IReactorTime
+    data: dict[str, Any]
+    extra_line: bytes | None
+
+    def encrypted(self, value: Any, *more_lines: str) -> list[str]:
+        """ENC response: a fresh nonce and the boxed compact JSON of value (plus extra lines)."""
+        nonce = make_nonce(self.clock.seconds())
+        text = value if isinstance(value, bytes) else json_bytes(value)
+        return [b64encode(nonce), b64encode(self.box.encrypt(text, nonce).ciphertext), *more_lines]
+
+
+Handler = Callable[[CommandContext], Awaitable[list[str]]]
+
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class CommandProcessor:
+    """Parses /command bodies and runs the named handler; handlers are registered by name."""
+
+    def __init__(self, config: MailboxConfig, store: Store, clock: IReactorTime) -> None:
+        self.store = store
+        self.clock = clock
+        self.nonces = NonceGuard(config, store, clock)
+        self.handlers: dict[str, Handler] = {}
+        # Commands that take a 4th line (the file chunk of uploadFileChunk).
+        self.takes_extra_line: set[str] = set()
+
+    def register(self, name: str, handler: Handler, *, extra_line: bool = False) -> None:
+        self.handlers[name] = handler
+        if extra_line:
+            self.takes_extra_line.add(name)
+
+    async def run(self, body: bytes) -> tuple[bytes | None, str | None, list[str]]:
+        """Returns (hpk, command name, response lines); raises HTTPError."""
+        lines = split_lines(body)
+        if len(lines) not in (3, 4) or len(lines[0]) != 44 or len(lines[1]) != 32:
+            raise bad_request("expected hpk, nonce and ciphertext lines")
+        hpk = decode_field(lines[0], KEY_LEN, "hpk")
+        nonce = decode_field(lines[1], NONCE_LEN, "nonce")
+        ctext = decode_field(lines[2], None, "ciphertext")
+        session = await self.store.sessions.get_session(hpk)
+        if session is None:
+            raise unauthorized("no session for this hpk")
+        box = Box(PrivateKey(session.relay_sk), PublicKey(session.client_pk))
+        try:
+            plain = box.decrypt(ctext, nonce)
+        except CryptoError:
+            # The client's session key does not match ours (a newer /prove replaced it):
+            # 401 makes clients handshake again.
+            raise unauthorized("the command box does not open with this session") from None
+        await self.nonces.check(nonce)
+        data = _parse_command(plain)
+        name = data["cmd"]
+        handler = self.handlers.get(name)
+        if handler is None:
+            raise HTTPError(405, f"command {name} is disabled") if name in DISABLED_FILE_COMMANDS \
+                else bad_request("unknown command")
+        extra_line = lines[3] if len(lines) == 4 else None
+        if extra_line is not None and name not in self.takes_extra_line:
+            raise bad_request(f"{name} takes no fourth line")
+        context = CommandContext(hpk, box, self.clock, data, extra_line)
+        return hpk, name, await handler(context)
+
+
+# Answered with 405 when the file store is disabled (and so no handler is registered).
+DISABLED_FILE_COMMANDS = frozenset({
+    "startFileUpload", "uploadFileChunk", "fileStatus", "downloadFileChunk", "deleteFile"})
+
+
+def _parse_command(plain: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(plain)
+    except ValueError:
+        raise bad_request("the command is not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cmd"), str):
+        raise bad_request("the command must be a JSON object with a cmd")
+    return data

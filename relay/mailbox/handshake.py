@@ -1,0 +1,132 @@
+"""The session handshake: /start_session, /verify_session, /prove (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from nacl.exceptions import CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+from twisted.internet.interfaces import IReactorTime
+
+from relay.config import MailboxConfig
+from relay.crypto import (
+    KEY_LEN,
+    NONCE_LEN,
+    TOKEN_LEN,
+    EncodingError,
+    b64decode,
+    b64encode,
+    h2,
+    meets_difficulty,
+)
+from relay.mailbox.nonces import NonceGuard
+from relay.mailbox.wire import decode_field, split_lines
+from relay.store import Store
+from relay.store.interfaces.sessions import Handshake, Session
+from relay.web.errors import bad_request, unauthorized
+
+# /prove carries exactly these line lengths: hash, key, nonce, and the box of the
+# 176-byte JSON signature (176 + 16 bytes of MAC = 192 bytes = 256 base64 characters).
+PROVE_LINE_LENGTHS = (44, 44, 32, 256)
+_PROVE_JSON_KEYS = {"pub_key", "nonce", "ctext"}
+
+
+class SessionHandshake:
+    def __init__(self, config: MailboxConfig, store: Store, clock: IReactorTime) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.nonces = NonceGuard(config, store, clock)
+
+    async def start_session(self, body: bytes) -> tuple[bytes, list[str]]:
+        """Returns (handshake key for logging, response lines)."""
+        lines = split_lines(body)
+        if not lines:
+            raise bad_request("empty body")
+        # Zax answers any unusable token line with 401, and clients expect that.
+        try:
+            if len(lines) != 1:
+                raise EncodingError("expected one line")
+            client_token = b64decode(lines[0], TOKEN_LEN)
+        except EncodingError:
+            raise unauthorized("expected one line: the 32-byte client token") from None
+        relay_token = os.urandom(TOKEN_LEN)
+        key = h2(client_token)
+        await self.store.sessions.put_handshake(
+            key, Handshake(client_token, relay_token), self.config.token_timeout)
+        return key, [b64encode(relay_token), str(self.config.difficulty)]
+
+    async def verify_session(self, body: bytes) -> tuple[bytes, list[str]]:
+        lines = split_lines(body)
+        if len(lines) != 2 or len(lines[0]) != 44 or len(lines[1]) != 44:
+            raise bad_request("expected two lines: h2(client token) and the proof")
+        key = decode_field(lines[0], 32, "handshake id")
+        proof = decode_field(lines[1], 32, "proof")
+        handshake = await self.store.sessions.get_handshake(key)
+        if handshake is None:
+            raise unauthorized("unknown or expired handshake")
+        if not self._proof_is_valid(handshake, proof):
+            raise unauthorized("wrong proof")
+        if handshake.session_sk is None:
+            # A retried /verify_session gets the same key: the first answer may have been lost.
+            handshake = Handshake(handshake.client_token, handshake.relay_token,
+                                  bytes(PrivateKey.generate()))
+            await self.store.sessions.put_handshake(key, handshake, self.config.session_timeout)
+        session_pk = bytes(PrivateKey(handshake.session_sk).public_key)
+        return key, [b64encode(session_pk)]
+
+    def _proof_is_valid(self, handshake: Handshake, proof: bytes) -> bool:
+        tokens = handshake.client_token + handshake.relay_token
+        if self.config.difficulty == 0:
+            return proof == h2(tokens)
+        return meets_difficulty(h2(tokens + proof), self.config.difficulty)
+
+    async def prove(self, body: bytes) -> tuple[bytes, list[str]]:
+        lines = split_lines(body)
+        if len(lines) != 4 or tuple(len(line) for line in lines) != PROVE_LINE_LENGTHS:
+            raise bad_request("expected four lines of 44, 44, 32 and 256 characters")
+        key = decode_field(lines[0], 32, "handshake id")
+        client_pk = decode_field(lines[1], KEY_LEN, "client session key")
+        outer_nonce = decode_field(lines[2], NONCE_LEN, "nonce")
+        outer_box = decode_field(lines[3], 192, "signature box")
+
+        handshake = await self.store.sessions.get_handshake(key)
+        if handshake is None or handshake.session_sk is None:
+            raise unauthorized("unknown, expired or unverified handshake")
+        session_sk = PrivateKey(handshake.session_sk)
+        try:
+            signature = Box(session_sk, PublicKey(client_pk)).decrypt(outer_box, outer_nonce)
+        except CryptoError:
+            raise bad_request("the signature box does not open") from None
+        identity_pk, inner_nonce, inner_box = _parse_signature(signature)
+        expected = h2(client_pk + handshake.relay_token + handshake.client_token)
+        try:
+            inner = Box(session_sk, PublicKey(identity_pk)).decrypt(inner_box, inner_nonce)
+        except CryptoError:
+            raise bad_request("the identity proof does not open") from None
+        if inner != expected:
+            raise bad_request("the identity proof signs the wrong session")
+        # Nonces are checked last, so a malformed request does not burn them.
+        await self.nonces.check(outer_nonce)
+        await self.nonces.check(inner_nonce)
+        if await self.store.sessions.take_handshake(key) is None:
+            raise unauthorized("handshake already used")
+        hpk = h2(identity_pk)
+        await self.store.sessions.put_session(
+            hpk, Session(bytes(session_sk), client_pk), self.config.session_timeout)
+        return hpk, [str(await self.store.mailbox.count(hpk))]
+
+
+def _parse_signature(signature: bytes) -> tuple[bytes, bytes, bytes]:
+    try:
+        fields = json.loads(signature)
+    except ValueError:
+        raise bad_request("the signature is not JSON") from None
+    if not isinstance(fields, dict) or set(fields) != _PROVE_JSON_KEYS:
+        raise bad_request("the signature must have pub_key, nonce and ctext")
+    if not all(isinstance(v, str) for v in fields.values()):
+        raise bad_request("signature fields must be strings")
+    return (decode_field(fields["pub_key"], KEY_LEN, "pub_key"),
+            decode_field(fields["nonce"], NONCE_LEN, "inner nonce"),
+            decode_field(fields["ctext"], 48, "inner ctext"))

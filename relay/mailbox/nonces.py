@@ -1,0 +1,27 @@
+"""Nonce checks shared by /prove and /command: a time window and a replay cache."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+from relay.config import MailboxConfig
+from relay.crypto import nonce_is_fresh
+from relay.store import Store
+from relay.web.errors import unauthorized
+
+
+class NonceGuard:
+    def __init__(self, config: MailboxConfig, store: Store, clock: IReactorTime) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        # A nonce is only accepted while its timestamp is within max_nonce_diff of now, so
+        # remembering it for twice that (plus a second) catches every replay, while
+        # nonce_timeout (Zax's 10 minutes) caps the cache's lifetime from above.
+        self.remember_for = min(config.nonce_timeout, 2 * config.max_nonce_diff + 1)
+
+    async def check(self, nonce: bytes) -> None:
+        if not nonce_is_fresh(nonce, self.clock.seconds(), self.config.max_nonce_diff):
+            raise unauthorized("nonce timestamp outside the accepted window")
+        if not await self.store.sessions.claim_nonce(nonce, self.remember_for):
+            raise unauthorized("nonce replayed")

@@ -1,0 +1,77 @@
+"""The mailbox API as twisted.web resources: one per endpoint, POST only."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from relay.config import RelayConfig
+from relay.mailbox.commands import CommandProcessor
+from relay.mailbox.handshake import SessionHandshake
+from relay.mailbox.messages import MessageCommands
+from relay.mailbox.wire import join_lines
+from relay.store import Store
+from relay.web.errors import HTTPError
+from relay.web.respond import respond_later
+from relay.web.root import refuse
+
+# An endpoint's work: the body in, (response lines, what to log) out.
+Step = Callable[[bytes], Awaitable[tuple[list[str], str]]]
+
+
+def log_id(key: bytes | None) -> str:
+    """A short prefix of a hash, enough to follow one client through the log, no more."""
+    return key[:4].hex() if key else "-"
+
+
+class MailboxEndpoint(Resource):
+    isLeaf = True
+
+    def __init__(self, name: str, step: Step, max_body: int) -> None:
+        super().__init__()
+        self.name = name
+        self.step = step
+        self.max_body = max_body
+
+    def render(self, request: Request) -> object:
+        if request.method != b"POST":
+            return refuse(request)
+        return respond_later(request, lambda: self._run(request), "/" + self.name)
+
+    async def _run(self, request: Request) -> tuple[bytes, str]:
+        body = request.content.read(self.max_body + 1)
+        if len(body) > self.max_body:
+            raise HTTPError(413, "request body too large")
+        lines, detail = await self.step(body)
+        return join_lines(*lines), detail
+
+
+async def _handshake_step(step: Callable, body: bytes) -> tuple[list[str], str]:
+    key, lines = await step(body)
+    return lines, log_id(key)
+
+
+async def _command_step(processor: CommandProcessor, body: bytes) -> tuple[list[str], str]:
+    hpk, name, lines = await processor.run(body)
+    return lines, f"{name} {log_id(hpk)}"
+
+
+def build_mailbox(config: RelayConfig, store: Store, clock: IReactorTime
+                  ) -> tuple[dict[bytes, Resource], CommandProcessor]:
+    """The mailbox API's children of the root, and the processor file commands plug into."""
+    handshake = SessionHandshake(config.mailbox, store, clock)
+    processor = CommandProcessor(config.mailbox, store, clock)
+    MessageCommands(config.mailbox, store).register(processor)
+    small = config.http.max_small_body
+    children: dict[bytes, Resource] = {
+        b"command": MailboxEndpoint("command", partial(_command_step, processor),
+                                    config.http.max_command_body),
+    }
+    for name in ("start_session", "verify_session", "prove"):
+        step = partial(_handshake_step, getattr(handshake, name))
+        children[name.encode()] = MailboxEndpoint(name, step, small)
+    return children, processor

@@ -1,0 +1,40 @@
+"""The twistd service: the relay's MultiService with its listening endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from relay import __version__
+from relay.app import build_relay
+from relay.config import RelayConfig
+from relay.web.request import RelaySite
+
+log = Logger(namespace="relay")
+
+
+class RelayService(MultiService):
+    def __init__(self, config: RelayConfig, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.app = build_relay(config, reactor)
+        for service in self.app.services:
+            service.setServiceParent(self)
+        self.site = RelaySite(self.app.root, config.http, reactor=reactor)
+        strports.service(config.http.endpoint, self.site, reactor=reactor).setServiceParent(self)
+
+    def startService(self) -> None:
+        c = self.config
+        log.info("relay {version} starting: http {http}, store {store}, difficulty {d}, "
+                 "files {files}, rendezvous {rdv}", version=__version__, http=c.http.endpoint,
+                 store=c.store.url.split("@")[-1], d=c.mailbox.difficulty,
+                 files="on" if c.files.enabled else "off",
+                 rdv=c.rendezvous.staple_endpoint if c.rendezvous.enabled else "off")
+        super().startService()
+
+
+def make_relay_service(config: RelayConfig, reactor: Any) -> MultiService:
+    return RelayService(config, reactor)

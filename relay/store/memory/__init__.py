@@ -1,0 +1,37 @@
+"""The embedded store: everything in this process's memory, bounded and expiring."""
+
+from __future__ import annotations
+
+from twisted.application.internet import TimerService
+from twisted.internet.interfaces import IReactorTime
+
+from relay.config import StoreConfig
+from relay.store.memory.budget import ByteBudget
+from relay.store.memory.mailbox import MemoryMailboxStore
+from relay.store.memory.sessions import MemorySessionStore
+
+
+class MemoryBackend:
+    """What every memory table shares: the clock and the byte budget."""
+
+    def __init__(self, config: StoreConfig, clock: IReactorTime) -> None:
+        self.config = config
+        self.clock = clock
+        self.budget = ByteBudget(config.memory_max_bytes)
+        self.sweepers: list = []
+
+    def sweep(self) -> None:
+        for sweep in self.sweepers:
+            sweep()
+
+    def make_service(self) -> TimerService:
+        service = TimerService(self.config.sweep_interval, self.sweep)
+        service.clock = self.clock
+        return service
+
+
+def open_memory_tables(backend: MemoryBackend) -> dict:
+    sessions = MemorySessionStore(backend.clock.seconds)
+    mailbox = MemoryMailboxStore(backend.clock.seconds, backend.budget)
+    backend.sweepers += [sessions.sweep, mailbox.sweep]
+    return {"sessions": sessions, "mailbox": mailbox}

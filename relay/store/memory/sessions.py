@@ -1,0 +1,37 @@
+"""Handshakes, sessions and the nonce replay cache, in process memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from relay.store.interfaces.sessions import Handshake, Session
+from relay.store.memory.expiring import ExpiringMap
+
+
+class MemorySessionStore:
+    def __init__(self, seconds: Callable[[], float]) -> None:
+        self.handshakes: ExpiringMap[bytes, Handshake] = ExpiringMap(seconds)
+        self.sessions: ExpiringMap[bytes, Session] = ExpiringMap(seconds)
+        self.nonces: ExpiringMap[bytes, bool] = ExpiringMap(seconds)
+
+    async def put_handshake(self, key: bytes, handshake: Handshake, ttl: float) -> None:
+        self.handshakes.put(key, handshake, ttl)
+
+    async def get_handshake(self, key: bytes) -> Handshake | None:
+        return self.handshakes.get(key)
+
+    async def take_handshake(self, key: bytes) -> Handshake | None:
+        return self.handshakes.pop(key)
+
+    async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
+        self.sessions.put(hpk, session, ttl)
+
+    async def get_session(self, hpk: bytes) -> Session | None:
+        return self.sessions.get(hpk)
+
+    async def claim_nonce(self, nonce: bytes, ttl: float) -> bool:
+        return self.nonces.add_if_absent(nonce, True, ttl)
+
+    def sweep(self) -> None:
+        for table in (self.handshakes, self.sessions, self.nonces):
+            table.sweep()

@@ -1,0 +1,62 @@
+"""twistd glue: the command-line Options and makeService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from relay.config import ConfigError, RelayConfig, load_config
+
+# (option, section, setting, type, help); each overrides the config file's setting.
+_SETTINGS: list[tuple[str, str, str, type, str]] = [
+    ("port", "http", "endpoint", str, "HTTP endpoint of the mailbox and rendezvous API "
+     "[default: tcp:8080:backlog=1024]"),
+    ("store", "store", "url", str, "'memory' (default) or a redis:// URL"),
+    ("difficulty", "mailbox", "difficulty", int, "proof-of-work difficulty in bits [default: 0]"),
+    ("staple", "rendezvous", "staple_endpoint", str,
+     "TCP endpoint where peers staple [default: tcp:9009:backlog=1024]"),
+    ("staple-address", "rendezvous", "staple_address", str,
+     "host:port that clients are told to staple to [default: the HTTP Host, staple port]"),
+    ("files-dir", "files", "directory", str, "directory of file-drop chunks [default: relay-files]"),
+]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Serve the relay: the Zax-compatible mailbox API and the live rendezvous. "
+                "Settings come from --config (TOML, see etc/relay.toml); options override it.")
+    optParameters = [["config", "c", None, "TOML config file"]] + [
+        [name, None, None, help_text] for name, _, _, _, help_text in _SETTINGS
+    ]
+    optFlags = [["no-files", None, "disable the file API (file commands answer 405)"],
+                ["no-rendezvous", None, "disable the live rendezvous and staple listener"]]
+
+    def postOptions(self) -> None:
+        overrides: dict[str, dict[str, Any]] = {}
+        for name, section, setting, kind, _ in _SETTINGS:
+            value = self[name]
+            if value is None:
+                continue
+            try:
+                value = kind(value)
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a {kind.__name__}, not {value!r}") from None
+            overrides.setdefault(section, {})[setting] = value
+        if self["no-files"]:
+            overrides.setdefault("files", {})["enabled"] = False
+        if self["no-rendezvous"]:
+            overrides.setdefault("rendezvous", {})["enabled"] = False
+        try:
+            self.relay_config: RelayConfig = load_config(self["config"], overrides)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from relay.service import make_relay_service
+
+    return make_relay_service(options.relay_config, reactor)

@@ -1,0 +1,36 @@
+"""The root resource: the API's children; anything else is refused with 503 as Zax does."""
+
+from __future__ import annotations
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from relay.web.respond import set_common_headers
+
+
+def refuse(request: Request) -> bytes:
+    """Zax answers an unknown path or method with 503 and an empty body."""
+    request.setResponseCode(503)
+    set_common_headers(request)
+    request.setHeader(b"Content-Type", b"text/plain")
+    return b""
+
+
+class Refused(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return refuse(request)
+
+
+class RelayRoot(Resource):
+    def __init__(self, children: dict[bytes, Resource]) -> None:
+        super().__init__()
+        for name, child in children.items():
+            self.putChild(name, child)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return Refused()
+
+    def render(self, request: Request) -> bytes:
+        return refuse(request)
