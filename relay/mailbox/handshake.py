@@ -96,6 +96,7 @@ class SessionHandshake:
             raise unauthorized("unknown, expired or unverified handshake")
         session_sk = PrivateKey(handshake.session_sk)
         try:
+            # Box() itself raises for a low-order public key (all zeros, say).
             signature = Box(session_sk, PublicKey(client_pk)).decrypt(outer_box, outer_nonce)
         except CryptoError:
             raise bad_request("the signature box does not open") from None
