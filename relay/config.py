@@ -76,6 +76,9 @@ class StoreConfig:
     # Every Redis operation fails (HTTP 500) after this many seconds instead of hanging.
     operation_timeout: float = attrs.field(default=2.0, validator=_positive)
     pool_size: int = attrs.field(default=8, validator=_positive_int)
+    # Redis calls in flight or waiting for a connection at once; more fail at once (HTTP 500)
+    # instead of queueing without bound behind a slow or unreachable Redis.
+    max_pending_operations: int = attrs.field(default=4096, validator=_positive_int)
     # Memory store: the most bytes of messages (and file metadata) held in all mailboxes.
     memory_max_bytes: int = attrs.field(default=256 * MIB, validator=_positive_int)
     # How often the memory store sweeps out expired entries.
