@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,6 +40,13 @@ class CommandContext:
 Handler = Callable[[CommandContext], Awaitable[list[str]]]
 
 
+@functools.lru_cache(maxsize=4096)
+def session_box(relay_sk: bytes, client_pk: bytes) -> Box:
+    """The session's Box; building one costs a Curve25519 multiplication, so active sessions
+    keep theirs (bounded: the least recently used are dropped)."""
+    return Box(PrivateKey(relay_sk), PublicKey(client_pk))
+
+
 def json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -70,7 +78,7 @@ class CommandProcessor:
         session = await self.store.sessions.get_session(hpk)
         if session is None:
             raise unauthorized("no session for this hpk")
-        box = Box(PrivateKey(session.relay_sk), PublicKey(session.client_pk))
+        box = session_box(session.relay_sk, session.client_pk)
         try:
             plain = box.decrypt(ctext, nonce)
         except CryptoError:
