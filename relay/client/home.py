@@ -1,0 +1,65 @@
+"""Where the client keeps its files: $RELAY_HOME, else the platform's config directory.
+
+Files under it hold secrets (the identity key) or private data (contacts), so the directory
+is created 0700 and every file is written 0600, atomically (a temporary file, then a rename),
+so a crash never leaves half a key behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+ENV_HOME = "RELAY_HOME"
+
+
+def relay_home(environ: Mapping[str, str] | None = None) -> Path:
+    """$RELAY_HOME, or $XDG_CONFIG_HOME/relay, or ~/.config/relay."""
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_HOME):
+        return Path(environ[ENV_HOME]).expanduser()
+    if environ.get("XDG_CONFIG_HOME"):
+        return Path(environ["XDG_CONFIG_HOME"]).expanduser() / "relay"
+    return Path.home() / ".config" / "relay"
+
+
+def ensure_home(home: Path) -> Path:
+    """Create the directory (0700) if missing; an existing one is left as it is."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return home
+
+
+def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write data to path with mode 0600, atomically. With exclusive, FileExistsError if path
+    already exists (the first of two racing writers wins; the loser reads its file)."""
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(temp_name, path)
+        else:
+            os.replace(temp_name, path)
+    finally:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+
+
+def read_private_file(path: Path, max_bytes: int) -> bytes:
+    """Read a file the client wrote, refusing one that others can read or that is too big."""
+    with open(path, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o077:
+            raise PermissionError(f"{path} can be read by other users; "
+                                  f"run: chmod 600 {path}")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} is over {max_bytes} bytes")
+    return data

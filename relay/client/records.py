@@ -1,0 +1,328 @@
+"""End-to-end encrypted records over a byte stream (the stapled connection).
+
+A record on the wire is a 4-byte big-endian length, then that many bytes of
+XChaCha20-Poly1305 ciphertext (the length bytes are the associated data). The plaintext is a
+kind byte (DATA or FINAL) and the payload. Nonces are not sent: each direction counts its
+records from 0 and the nonce is (direction byte, zeros, 8-byte counter), so a dropped,
+replayed, reordered or reflected record fails to open. The FINAL record ends a direction;
+a stream that ends without it was truncated. Each direction has its own key; the direction
+byte keeps nonces apart even if a caller passes the same key for both.
+
+`RecordSealer`/`RecordOpener` are the pure codec; `RecordStream` is the Twisted protocol that
+runs them over a transport with backpressure both ways and a timeout on every read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any
+
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_ABYTES,
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from relay.client.errors import RecordError
+
+KEY_LEN = 32
+NONCE_LEN = 24
+HEADER = struct.Struct(">I")
+TAG_LEN = crypto_aead_xchacha20poly1305_ietf_ABYTES
+KIND_DATA = 0
+KIND_FINAL = 1
+# Which way a record travels; part of every nonce.
+SENDER_TO_RECIPIENT = 1
+RECIPIENT_TO_SENDER = 2
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+HARD_MAX_PAYLOAD = 4 * 1024 * 1024
+_MAX_COUNTER = 2 ** 64 - 1
+
+
+def _nonce(direction: int, counter: int) -> bytes:
+    return bytes([direction]) + bytes(NONCE_LEN - 9) + counter.to_bytes(8, "big")
+
+
+def _check(key: bytes, direction: int, max_payload: int) -> None:
+    if len(key) != KEY_LEN:
+        raise ValueError("a record key is 32 bytes")
+    if direction not in (SENDER_TO_RECIPIENT, RECIPIENT_TO_SENDER):
+        raise ValueError("unknown record direction")
+    if not 0 < max_payload <= HARD_MAX_PAYLOAD:
+        raise ValueError(f"max_payload must be 1..{HARD_MAX_PAYLOAD}")
+
+
+class RecordSealer:
+    """Seals one direction's records in order."""
+
+    def __init__(self, key: bytes, direction: int,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        _check(key, direction, max_payload)
+        self._key = key
+        self._direction = direction
+        self.max_payload = max_payload
+        self._counter = 0
+        self.finished = False
+
+    def _seal(self, kind: int, payload: bytes) -> bytes:
+        if self.finished:
+            raise RecordError("no records may follow the final record")
+        if len(payload) > self.max_payload:
+            raise RecordError(f"record payload over {self.max_payload} bytes")
+        if self._counter >= _MAX_COUNTER:
+            raise RecordError("record counter exhausted")
+        header = HEADER.pack(1 + len(payload) + TAG_LEN)
+        ciphertext = crypto_aead_xchacha20poly1305_ietf_encrypt(
+            bytes([kind]) + payload, header, _nonce(self._direction, self._counter), self._key)
+        self._counter += 1
+        return header + ciphertext
+
+    def seal(self, payload: bytes) -> bytes:
+        return self._seal(KIND_DATA, payload)
+
+    def seal_final(self) -> bytes:
+        record = self._seal(KIND_FINAL, b"")
+        self.finished = True
+        return record
+
+
+class RecordOpener:
+    """Opens one direction's records from arbitrary slices of the byte stream."""
+
+    def __init__(self, key: bytes, direction: int,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        _check(key, direction, max_payload)
+        self._key = key
+        self._direction = direction
+        self._max_ciphertext = 1 + max_payload + TAG_LEN
+        self._counter = 0
+        self._buffer = bytearray()
+        self.finished = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The payloads of the records completed by data. RecordError on any tampering, an
+        oversized record, or bytes after the final record. Buffers at most one record."""
+        if self.finished:
+            if data:
+                raise RecordError("data after the final record")
+            return []
+        self._buffer += data
+        payloads = []
+        while len(self._buffer) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buffer)
+            if length > self._max_ciphertext or length < 1 + TAG_LEN:
+                raise RecordError(f"record length {length} out of bounds")
+            if len(self._buffer) < HEADER.size + length:
+                break
+            header = bytes(self._buffer[:HEADER.size])
+            ciphertext = bytes(self._buffer[HEADER.size:HEADER.size + length])
+            del self._buffer[:HEADER.size + length]
+            try:
+                plain = crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    ciphertext, header, _nonce(self._direction, self._counter), self._key)
+            except CryptoError:
+                raise RecordError("a record failed authentication (tampered, reordered, "
+                                  "replayed or wrong key)") from None
+            self._counter += 1
+            kind, payload = plain[0], plain[1:]
+            if kind == KIND_FINAL:
+                if payload:
+                    raise RecordError("the final record carries data")
+                self.finished = True
+                if self._buffer:
+                    raise RecordError("data after the final record")
+                break
+            if kind != KIND_DATA:
+                raise RecordError(f"unknown record kind {kind}")
+            payloads.append(payload)
+        return payloads
+
+    def end_of_stream(self) -> None:
+        """The transport closed: fine after the final record, truncation otherwise."""
+        if not self.finished:
+            raise RecordError("the stream ended before its final record (truncated)")
+
+
+class RecordTimeout(RecordError):
+    """No record arrived within the read timeout."""
+
+
+@implementer(IPushProducer)
+class RecordStream(Protocol):
+    """Records over a Twisted transport. `receive()` returns the next payload (None after the
+    peer's final record); `send()` waits while the transport's buffer is full; `finish()`
+    sends the final record. At most `max_queued` opened records wait for a reader before the
+    transport is paused, so a fast peer cannot fill memory."""
+
+    def __init__(self, *, send_key: bytes, send_direction: int, receive_key: bytes,
+                 receive_direction: int, clock: IReactorTime,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, read_timeout: float = 60.0,
+                 write_timeout: float = 60.0, max_queued: int = 16) -> None:
+        self.sealer = RecordSealer(send_key, send_direction, max_payload)
+        self.opener = RecordOpener(receive_key, receive_direction, max_payload)
+        self.clock = clock
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.max_queued = max_queued
+        self._queue: deque[bytes | None] = deque()  # None marks the peer's final record
+        self._reader: Deferred[bytes | None] | None = None
+        self._failure: Failure | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drained: list[Deferred[None]] = []
+        self.connected_d: Deferred[None] = Deferred()
+        self.closed_d: Deferred[None] = Deferred()
+        self._closed = False
+
+    # ---- connection --------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        if not self.connected_d.called:
+            self.connected_d.callback(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failure is not None:
+            return
+        try:
+            payloads = self.opener.feed(data)
+        except RecordError:
+            self._fail(Failure())
+            self.transport.abortConnection()
+            return
+        self._queue.extend(payloads)
+        if self.opener.finished:
+            self._queue.append(None)
+        self._deliver()
+        if len(self._queue) >= self.max_queued and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        if self._failure is None and not self.opener.finished:
+            try:
+                self.opener.end_of_stream()
+            except RecordError:
+                self._fail(Failure())
+        for waiter in self._drained:
+            waiter.errback(RecordError("the connection closed while sending"))
+        self._drained = []
+        self._deliver()
+        if not self.closed_d.called:
+            self.closed_d.callback(None)
+
+    def _fail(self, failure: Failure) -> None:
+        if self._failure is None:
+            self._failure = failure
+            self._deliver()
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        if self._queue:
+            self._reader = None
+            reader.callback(self._queue.popleft())
+            self._maybe_resume_reading()
+        elif self._failure is not None:
+            self._reader = None
+            reader.errback(self._failure)
+
+    def _maybe_resume_reading(self) -> None:
+        if self._reading_paused and len(self._queue) < self.max_queued // 2 \
+                and not self._closed:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    async def receive(self) -> bytes | None:
+        """The next payload; None once the peer sent its final record. RecordError on
+        tampering, truncation or the read timeout."""
+        if self._reader is not None:
+            raise RuntimeError("receive() is already waiting")
+        if self._queue:
+            item = self._queue.popleft()
+            self._maybe_resume_reading()
+            if item is None:
+                self._queue.appendleft(None)  # the end stays the end for later calls
+            return item
+        if self._failure is not None:
+            self._failure.raiseException()
+        reader: Deferred[bytes | None] = Deferred()
+        self._reader = reader
+
+        def timed_out(_result: Any, _timeout: float) -> None:
+            raise RecordTimeout(f"no data from the peer for {self.read_timeout:g} s")
+
+        reader.addTimeout(self.read_timeout, self.clock, onTimeoutCancel=timed_out)
+        try:
+            item = await reader
+        finally:
+            if self._reader is reader:
+                self._reader = None
+        if item is None:
+            self._queue.appendleft(None)
+        return item
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    async def send(self, payload: bytes) -> None:
+        await self._write(self.sealer.seal(payload))
+
+    async def finish(self) -> None:
+        """Send the final record: nothing more will be sent in this direction."""
+        await self._write(self.sealer.seal_final())
+
+    async def _write(self, record: bytes) -> None:
+        if self._closed:
+            raise RecordError("the connection is closed")
+        self.transport.write(record)
+        if self._writing_paused:
+            waiter: Deferred[None] = Deferred()
+            self._drained.append(waiter)
+
+            def timed_out(_result: Any, _timeout: float) -> None:
+                raise RecordTimeout(f"the peer took nothing for {self.write_timeout:g} s")
+
+            waiter.addTimeout(self.write_timeout, self.clock, onTimeoutCancel=timed_out)
+            try:
+                await waiter
+            finally:
+                if waiter in self._drained:
+                    self._drained.remove(waiter)
+
+    def close(self) -> None:
+        if not self._closed:
+            self.transport.loseConnection()
+
+    # ---- IPushProducer (the transport tells us when its send buffer is full) -------------
+
+    def pauseProducing(self) -> None:
+        self._writing_paused = True
+
+    def resumeProducing(self) -> None:
+        self._writing_paused = False
+        waiters, self._drained = self._drained, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        self._writing_paused = False
+
+
+def directions_for(role: str) -> tuple[int, int]:
+    """(send_direction, receive_direction) for "sender" or "recipient" (the PAKE roles)."""
+    if role == "sender":
+        return SENDER_TO_RECIPIENT, RECIPIENT_TO_SENDER
+    if role == "recipient":
+        return RECIPIENT_TO_SENDER, SENDER_TO_RECIPIENT
+    raise ValueError("role must be sender or recipient")

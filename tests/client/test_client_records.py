@@ -1,0 +1,170 @@
+"""Encrypted records: the codec under tampering, and streams over loopback TCP."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+
+from relay.client.errors import RecordError
+from relay.client.records import (
+    HEADER,
+    RECIPIENT_TO_SENDER,
+    SENDER_TO_RECIPIENT,
+    RecordOpener,
+    RecordSealer,
+    RecordTimeout,
+)
+from tests.client.streams import loopback_streams
+
+KEY = bytes(range(32))
+
+
+def pair(max_payload: int = 1024):
+    return (RecordSealer(KEY, SENDER_TO_RECIPIENT, max_payload),
+            RecordOpener(KEY, SENDER_TO_RECIPIENT, max_payload))
+
+
+def test_round_trip_and_final():
+    sealer, opener = pair()
+    wire = sealer.seal(b"one") + sealer.seal(b"") + sealer.seal(b"three") + sealer.seal_final()
+    assert opener.feed(wire) == [b"one", b"", b"three"]
+    assert opener.finished
+    opener.end_of_stream()
+    with pytest.raises(RecordError):
+        sealer.seal(b"after the end")
+
+
+def records(*payloads: bytes) -> list[bytes]:
+    sealer = RecordSealer(KEY, SENDER_TO_RECIPIENT, 1024)
+    return [sealer.seal(p) for p in payloads] + [sealer.seal_final()]
+
+
+@pytest.mark.parametrize("arrange", [
+    lambda r: [r[1], r[0], r[2], r[3]],  # reordered
+    lambda r: [r[0], r[0], r[1], r[2], r[3]],  # replayed
+    lambda r: [r[0], r[2], r[3]],  # dropped
+    lambda r: [r[0], r[1], r[3] + r[2]],  # data after final
+])
+def test_reorder_replay_drop_and_trailing_data_are_detected(arrange):
+    opener = RecordOpener(KEY, SENDER_TO_RECIPIENT, 1024)
+    with pytest.raises(RecordError):
+        for record in arrange(records(b"a", b"b", b"c")):
+            opener.feed(record)
+
+
+def test_truncation_is_detected():
+    opener = RecordOpener(KEY, SENDER_TO_RECIPIENT, 1024)
+    opener.feed(b"".join(records(b"a", b"b")[:2]))
+    with pytest.raises(RecordError, match="truncated"):
+        opener.end_of_stream()
+
+
+def test_reflected_records_and_wrong_keys_fail():
+    sealer = RecordSealer(KEY, RECIPIENT_TO_SENDER)
+    with pytest.raises(RecordError):
+        RecordOpener(KEY, SENDER_TO_RECIPIENT).feed(sealer.seal(b"mirror"))
+    with pytest.raises(RecordError):
+        RecordOpener(os.urandom(32), SENDER_TO_RECIPIENT).feed(records(b"x")[0])
+
+
+def test_oversized_records_are_refused_from_the_header():
+    sealer = RecordSealer(KEY, SENDER_TO_RECIPIENT, 4096)
+    with pytest.raises(RecordError):
+        sealer.seal(bytes(4097))
+    opener = RecordOpener(KEY, SENDER_TO_RECIPIENT, 1024)
+    with pytest.raises(RecordError, match="out of bounds"):
+        opener.feed(HEADER.pack(10 ** 9))  # refused before a byte of body is buffered
+    with pytest.raises(RecordError, match="out of bounds"):
+        RecordOpener(KEY, SENDER_TO_RECIPIENT).feed(HEADER.pack(3) + b"abc")
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8), st.data())
+def test_any_split_of_the_stream_gives_the_same_records(payloads, data):
+    wire = b"".join(records(*payloads))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    opener = RecordOpener(KEY, SENDER_TO_RECIPIENT, 1024)
+    got = []
+    for start, end in zip([0] + cuts, cuts + [len(wire)], strict=True):
+        got += opener.feed(wire[start:end])
+    assert got == payloads and opener.finished
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(min_size=1, max_size=50), min_size=1, max_size=4), st.data())
+def test_a_mutated_stream_never_yields_wrong_data(payloads, data):
+    wire = bytearray(b"".join(records(*payloads)))
+    position = data.draw(st.integers(0, len(wire) - 1))
+    wire[position] ^= data.draw(st.integers(1, 255))
+    opener = RecordOpener(KEY, SENDER_TO_RECIPIENT, 1024)
+    got = []
+    try:
+        got = opener.feed(bytes(wire))
+        opener.end_of_stream()
+    except RecordError:
+        pass
+    else:
+        pytest.fail("a mutated stream was accepted")
+    assert got == payloads[:len(got)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_streams_over_loopback_carry_megabytes_both_ways():
+    async with loopback_streams(max_payload=64 * 1024) as (sender, recipient):
+        blob = os.urandom(64 * 1024)
+        count = 80  # 5 MiB: more than the socket buffers, so backpressure is exercised
+
+        async def send_all():
+            for _ in range(count):
+                await sender.send(blob)
+            await sender.finish()
+
+        sending = Deferred.fromCoroutine(send_all())
+        received = 0
+        while (item := await recipient.receive()) is not None:
+            assert item == blob
+            received += 1
+        await sending
+        assert received == count
+        assert await recipient.receive() is None  # the end stays the end
+        await recipient.send(b"thanks")
+        await recipient.finish()
+        assert await sender.receive() == b"thanks"
+        assert await sender.receive() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_cut_before_the_final_record_is_truncation():
+    async with loopback_streams() as (sender, recipient):
+        await sender.send(b"partial")
+        sender.transport.loseConnection()
+        assert await recipient.receive() == b"partial"
+        with pytest.raises(RecordError, match="truncated"):
+            await recipient.receive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tampered_bytes_on_the_wire_abort_the_stream():
+    async with loopback_streams() as (sender, recipient):
+        sender.transport.write(b"\x00\x00\x00\x20" + bytes(32))
+        with pytest.raises(RecordError, match="authentication"):
+            await recipient.receive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_peer_times_out():
+    async with loopback_streams(read_timeout=0.2) as (_sender, recipient):
+        with pytest.raises(RecordTimeout):
+            await recipient.receive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_never_reads_stalls_the_writer_until_the_timeout():
+    async with loopback_streams(max_payload=64 * 1024, write_timeout=0.5) as (sender, _r):
+        with pytest.raises(RecordTimeout, match="took nothing"):
+            for _ in range(1000):  # 64 MiB: far more than socket buffers and the queue
+                await sender.send(bytes(64 * 1024))
