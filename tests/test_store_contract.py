@@ -1,0 +1,388 @@
+"""The store contract: every store kind (memory, Redis) behaves the same.
+
+Each test runs once per kind through the `store_factory` fixture (tests/conftest.py).
+Expiry tests use TTLs of a few tenths of a second: `store_sleep` advances the memory
+store's clock and really waits for Redis.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, gatherResults
+
+from relay.store.errors import StoreFull
+from relay.store.interfaces.sessions import Handshake, Session
+
+SHORT_TTL = 0.3
+# Comfortably past SHORT_TTL, so Redis's expiry (ms precision) has surely happened.
+PAST_SHORT_TTL = 0.45
+LONG_TTL = 3600.0
+
+
+def random_key() -> bytes:
+    return os.urandom(32)
+
+
+def both(*coroutines) -> Deferred:
+    """Start the coroutines together (interleaved on the reactor) and gather their results."""
+    return gatherResults([Deferred.fromCoroutine(c) for c in coroutines])
+
+
+# -- handshakes -------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_put_get(store_factory):
+    sessions = store_factory.sessions
+    key = random_key()
+    assert await sessions.get_handshake(key) is None
+    handshake = Handshake(client_token=os.urandom(32), relay_token=os.urandom(32))
+    await sessions.put_handshake(key, handshake, LONG_TTL)
+    assert await sessions.get_handshake(key) == handshake
+    assert await sessions.get_handshake(random_key()) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_replace_keeps_session_key(store_factory):
+    sessions = store_factory.sessions
+    key = random_key()
+    first = Handshake(client_token=os.urandom(32), relay_token=os.urandom(32))
+    await sessions.put_handshake(key, first, LONG_TTL)
+    second = Handshake(first.client_token, first.relay_token, session_sk=os.urandom(32))
+    await sessions.put_handshake(key, second, LONG_TTL)
+    assert await sessions.get_handshake(key) == second
+
+
+@pytest_twisted.ensureDeferred
+async def test_take_handshake_only_once(store_factory):
+    sessions = store_factory.sessions
+    key = random_key()
+    handshake = Handshake(os.urandom(32), os.urandom(32), os.urandom(32))
+    await sessions.put_handshake(key, handshake, LONG_TTL)
+    assert await sessions.take_handshake(key) == handshake
+    assert await sessions.take_handshake(key) is None
+    assert await sessions.get_handshake(key) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_takes_get_the_handshake_once(store_factory):
+    sessions = store_factory.sessions
+    key = random_key()
+    handshake = Handshake(os.urandom(32), os.urandom(32))
+    await sessions.put_handshake(key, handshake, LONG_TTL)
+    results = await both(*(sessions.take_handshake(key) for _ in range(8)))
+    assert results.count(handshake) == 1
+    assert results.count(None) == 7
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_expires(store_factory, store_sleep):
+    sessions = store_factory.sessions
+    key, kept = random_key(), random_key()
+    handshake = Handshake(os.urandom(32), os.urandom(32))
+    await sessions.put_handshake(key, handshake, SHORT_TTL)
+    await sessions.put_handshake(kept, handshake, LONG_TTL)
+    assert await sessions.get_handshake(key) == handshake
+    await store_sleep(PAST_SHORT_TTL)
+    assert await sessions.get_handshake(key) is None
+    assert await sessions.take_handshake(key) is None
+    assert await sessions.get_handshake(kept) == handshake
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_put_get_replace(store_factory):
+    sessions = store_factory.sessions
+    hpk = random_key()
+    assert await sessions.get_session(hpk) is None
+    first = Session(relay_sk=os.urandom(32), client_pk=os.urandom(32))
+    await sessions.put_session(hpk, first, LONG_TTL)
+    assert await sessions.get_session(hpk) == first
+    second = Session(relay_sk=os.urandom(32), client_pk=os.urandom(32))
+    await sessions.put_session(hpk, second, LONG_TTL)
+    assert await sessions.get_session(hpk) == second
+    assert await sessions.get_session(random_key()) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_expires_and_replacing_renews_it(store_factory, store_sleep):
+    sessions = store_factory.sessions
+    hpk, renewed = random_key(), random_key()
+    session = Session(os.urandom(32), os.urandom(32))
+    await sessions.put_session(hpk, session, SHORT_TTL)
+    await sessions.put_session(renewed, session, SHORT_TTL)
+    await sessions.put_session(renewed, session, LONG_TTL)
+    await store_sleep(PAST_SHORT_TTL)
+    assert await sessions.get_session(hpk) is None
+    assert await sessions.get_session(renewed) == session
+
+
+# -- nonces -----------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_claim_nonce_rejects_replays(store_factory):
+    sessions = store_factory.sessions
+    nonce = os.urandom(24)
+    assert await sessions.claim_nonce(nonce, LONG_TTL) is True
+    assert await sessions.claim_nonce(nonce, LONG_TTL) is False
+    assert await sessions.claim_nonce(os.urandom(24), LONG_TTL) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_claims_of_one_nonce_succeed_once(store_factory):
+    sessions = store_factory.sessions
+    nonce = os.urandom(24)
+    results = await both(*(sessions.claim_nonce(nonce, LONG_TTL) for _ in range(8)))
+    assert results.count(True) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_claimed_nonce_is_free_again_after_its_ttl(store_factory, store_sleep):
+    sessions = store_factory.sessions
+    nonce = os.urandom(24)
+    assert await sessions.claim_nonce(nonce, SHORT_TTL) is True
+    assert await sessions.claim_nonce(nonce, SHORT_TTL) is False
+    await store_sleep(PAST_SHORT_TTL)
+    assert await sessions.claim_nonce(nonce, SHORT_TTL) is True
+
+
+# -- mailbox ----------------------------------------------------------------------------------
+
+
+async def fill(mailbox, hpk: bytes, count: int, ttl: float = LONG_TTL) -> list[tuple]:
+    """Store count messages; return their (id, record, token), oldest first."""
+    messages = []
+    for i in range(count):
+        message = (os.urandom(24), b'{"n":%d}' % i, os.urandom(32))
+        await mailbox.store_message(hpk, message[0], message[1], message[2], ttl, 1000)
+        messages.append(message)
+    return messages
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_store_count_read_oldest_first(store_factory):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    assert await mailbox.count(hpk) == 0
+    assert await mailbox.read(hpk, 0, 10) == []
+    messages = await fill(mailbox, hpk, 5)
+    assert await mailbox.count(hpk) == 5
+    assert await mailbox.read(hpk, 0, 10) == [record for _, record, _ in messages]
+    # Other mailboxes are untouched.
+    assert await mailbox.count(random_key()) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_read_pages(store_factory):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    records = [record for _, record, _ in await fill(mailbox, hpk, 7)]
+    for start in range(0, 9):
+        for count in range(0, 9):
+            assert await mailbox.read(hpk, start, count) == records[start:start + count]
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_are_opaque_bytes(store_factory):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    # Numbers, empty, non-UTF-8, CR LF and NUL must all come back byte for byte.
+    records = [b"123", b"", b"\xff\xfe\x00\r\n", b"-1.5", b"OK", os.urandom(300)]
+    for record in records:
+        await mailbox.store_message(hpk, os.urandom(24), record, os.urandom(32), LONG_TTL, 100)
+    assert await mailbox.read(hpk, 0, 100) == records
+
+
+@pytest_twisted.ensureDeferred
+async def test_replacing_same_id_keeps_one_copy_and_moves_it_last(store_factory):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    messages = await fill(mailbox, hpk, 3)
+    first_id, _, token = messages[0]
+    await mailbox.store_message(hpk, first_id, b"new", token, LONG_TTL, 1000)
+    assert await mailbox.count(hpk) == 3
+    assert await mailbox.read(hpk, 0, 10) == [messages[1][1], messages[2][1], b"new"]
+    assert await mailbox.message_ttl(token) > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_replacing_with_a_new_token_forgets_the_old_one(store_factory):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    (msg_id, _, old_token), = await fill(mailbox, hpk, 1)
+    new_token = os.urandom(32)
+    await mailbox.store_message(hpk, msg_id, b"new", new_token, LONG_TTL, 1000)
+    assert await mailbox.message_ttl(old_token) == -2
+    assert await mailbox.message_ttl(new_token) > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_mailbox_raises_and_stores_nothing(store_factory):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    cap = 3
+    messages = []
+    for i in range(cap):
+        message = (os.urandom(24), b"m%d" % i, os.urandom(32))
+        await mailbox.store_message(hpk, *message, LONG_TTL, cap)
+        messages.append(message)
+    extra_id, extra_token = os.urandom(24), os.urandom(32)
+    with pytest.raises(StoreFull):
+        await mailbox.store_message(hpk, extra_id, b"extra", extra_token, LONG_TTL, cap)
+    assert await mailbox.count(hpk) == cap
+    assert await mailbox.read(hpk, 0, 10) == [record for _, record, _ in messages]
+    assert await mailbox.message_ttl(extra_token) == -2
+    # Replacing a message that is there is allowed at the cap.
+    await mailbox.store_message(hpk, messages[0][0], b"again", messages[0][2], LONG_TTL, cap)
+    assert await mailbox.count(hpk) == cap
+    # Deleting one frees a place.
+    assert await mailbox.delete(hpk, [messages[1][0]]) == cap - 1
+    await mailbox.store_message(hpk, extra_id, b"extra", extra_token, LONG_TTL, cap)
+    assert await mailbox.count(hpk) == cap
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_stores_never_exceed_the_cap(store_factory):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    cap = 5
+
+    async def attempt(i: int) -> bool:
+        try:
+            await mailbox.store_message(hpk, os.urandom(24), b"%d" % i, os.urandom(32),
+                                        LONG_TTL, cap)
+        except StoreFull:
+            return False
+        return True
+
+    results = await both(*(attempt(i) for i in range(12)))
+    assert results.count(True) == cap
+    assert await mailbox.count(hpk) == cap
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_ignores_unknown_ids_and_returns_what_is_left(store_factory):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    assert await mailbox.delete(hpk, [os.urandom(24)]) == 0
+    messages = await fill(mailbox, hpk, 4)
+    left = await mailbox.delete(hpk, [messages[1][0], os.urandom(24), messages[3][0]])
+    assert left == 2
+    assert await mailbox.read(hpk, 0, 10) == [messages[0][1], messages[2][1]]
+    assert await mailbox.message_ttl(messages[1][2]) == -2
+    assert await mailbox.message_ttl(messages[0][2]) > 0
+    assert await mailbox.delete(hpk, []) == 2
+    assert await mailbox.delete(hpk, [messages[0][0], messages[2][0]]) == 0
+    assert await mailbox.count(hpk) == 0
+    assert await mailbox.read(hpk, 0, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_ttl_counts_down_in_whole_seconds(store_factory, store_sleep):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    msg_id, token = os.urandom(24), os.urandom(32)
+    await mailbox.store_message(hpk, msg_id, b"x", token, 100.0, 10)
+    assert 99 <= await mailbox.message_ttl(token) <= 100
+    await store_sleep(1.05)
+    assert 98 <= await mailbox.message_ttl(token) <= 99
+    assert await mailbox.message_ttl(os.urandom(32)) == -2
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_expire(store_factory, store_sleep):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    short = await fill(mailbox, hpk, 2, ttl=SHORT_TTL)
+    long = await fill(mailbox, hpk, 1, ttl=LONG_TTL)
+    short_later = await fill(mailbox, hpk, 1, ttl=SHORT_TTL)
+    assert await mailbox.count(hpk) == 4
+    await store_sleep(PAST_SHORT_TTL)
+    assert await mailbox.message_ttl(short[0][2]) == -2
+    assert await mailbox.message_ttl(short_later[0][2]) == -2
+    assert await mailbox.count(hpk) == 1
+    assert await mailbox.read(hpk, 0, 10) == [long[0][1]]
+    # An expired message no longer counts against the cap.
+    await mailbox.store_message(hpk, os.urandom(24), b"new", os.urandom(32), LONG_TTL, 2)
+    assert await mailbox.read(hpk, 0, 10) == [long[0][1], b"new"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_whole_mailbox_expires(store_factory, store_sleep):
+    mailbox = store_factory.mailbox
+    hpk = random_key()
+    messages = await fill(mailbox, hpk, 3, ttl=SHORT_TTL)
+    await store_sleep(PAST_SHORT_TTL)
+    assert await mailbox.read(hpk, 0, 10) == []
+    assert await mailbox.count(hpk) == 0
+    assert await mailbox.delete(hpk, [messages[0][0]]) == 0
+    assert await mailbox.message_ttl(messages[0][2]) == -2
+
+
+# -- random operation sequences against a model ----------------------------------------------
+
+_IDS = [bytes([i]) * 24 for i in range(5)]
+
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("store"), st.sampled_from(_IDS), st.binary(max_size=40)),
+        st.tuples(st.just("delete"), st.lists(st.sampled_from(_IDS), max_size=3)),
+        st.tuples(st.just("read"), st.integers(0, 6), st.integers(0, 6)),
+    ),
+    max_size=12,
+)
+
+
+async def check_mailbox_against_model(mailbox, operations) -> None:
+    hpk = random_key()  # a fresh mailbox per example
+    cap = 4
+    model: dict[bytes, bytes] = {}  # insertion order = download order
+    for operation in operations:
+        if operation[0] == "store":
+            _, msg_id, record = operation
+            token = msg_id + hpk[:8]
+            if msg_id not in model and len(model) >= cap:
+                with pytest.raises(StoreFull):
+                    await mailbox.store_message(hpk, msg_id, record, token, LONG_TTL, cap)
+            else:
+                await mailbox.store_message(hpk, msg_id, record, token, LONG_TTL, cap)
+                model.pop(msg_id, None)
+                model[msg_id] = record
+        elif operation[0] == "delete":
+            for msg_id in operation[1]:
+                model.pop(msg_id, None)
+            assert await mailbox.delete(hpk, operation[1]) == len(model)
+        else:
+            _, start, count = operation
+            assert await mailbox.read(hpk, start, count) == \
+                list(model.values())[start:start + count]
+        assert await mailbox.count(hpk) == len(model)
+    for msg_id in _IDS:
+        left = await mailbox.message_ttl(msg_id + hpk[:8])
+        assert left >= LONG_TTL - 1 if msg_id in model else left == -2
+
+
+def _model_test(kind: str):
+    # One function object per store kind: pytest-twisted's hypothesis support wraps the
+    # test function in place, which breaks when one function is parametrized twice.
+    @pytest.mark.parametrize("store_kind", [kind])
+    @settings(max_examples=40, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(operations=_operations)
+    @pytest_twisted.ensureDeferred
+    async def test(store_factory, operations):
+        await check_mailbox_against_model(store_factory.mailbox, operations)
+
+    return test
+
+
+test_memory_mailbox_matches_a_model = _model_test("memory")
+test_redis_mailbox_matches_a_model = _model_test("redis")
