@@ -1,0 +1,135 @@
+"""File drops: per-file metadata (who, how big, which parts) and the chunk bytes.
+
+A file is keyed by its `file_id`, a relay-side hash of the upload id; nothing a client sends
+is ever used as a key or a path without first being matched to a stored record. Each stored
+part names its chunk by a fresh relay-made `blob` id, so re-sending a part writes a new
+chunk and switches the record to it in one atomic step: a crash at any moment leaves the
+record pointing at a complete chunk (the other one is an orphan the cleanup removes).
+
+Quotas are charged when a file is created, for the most bytes its parts may take
+(relay.files.limits.max_stored_bytes), against the sender and against the relay's total;
+the charge is released when the file is deleted or expires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import attrs
+
+START = "START"
+UPLOADING = "UPLOADING"
+COMPLETE = "COMPLETE"
+
+
+@attrs.frozen
+class PartInfo:
+    size: int
+    # The secretbox nonce the sender attached to this chunk (opaque to the relay).
+    nonce: bytes
+    # Relay-made id of this part's chunk (8 random bytes).
+    blob: bytes
+
+
+@attrs.frozen
+class FileRecord:
+    file_id: bytes
+    sender: bytes
+    recipient: bytes
+    # As declared at startFileUpload (the original file's size).
+    file_size: int
+    # Bytes charged against the quotas for this file.
+    charge: int
+    # When the file expires at the latest (Unix seconds, file_ttl after its start).
+    expires_at: float
+    bytes_stored: int = 0
+    # How many parts are stored, and the highest part index stored (-1: none).
+    part_count: int = 0
+    max_part: int = -1
+    # Index of the part sent with last_chunk, once one was.
+    last_part: int | None = None
+    # Only the parts the reader asked for (FileStore.get), not necessarily all of them.
+    parts: dict[int, PartInfo] = attrs.field(factory=dict)
+
+    @property
+    def status(self) -> str:
+        # COMPLETE once the last part came and so did every part before it (parts beyond
+        # the last are refused), so a COMPLETE file never has a hole a download could miss.
+        if self.last_part is not None and self.part_count == self.last_part + 1:
+            return COMPLETE
+        return UPLOADING if self.part_count else START
+
+
+class PutOutcome:
+    OK = "OK"
+    NOT_FOUND = "NOT_FOUND"
+    # The part index is beyond what the file may have (or beyond its announced last part).
+    BAD_PART = "BAD_PART"
+    # The part would take the file past its declared size (plus per-part overhead).
+    TOO_MANY_BYTES = "TOO_MANY_BYTES"
+
+
+@attrs.frozen
+class PutRequest:
+    part: int
+    info: PartInfo
+    last: bool
+    # Parts may be numbered 0..max_parts-1; at most max_bytes in all parts together.
+    max_parts: int
+    max_bytes: int
+    # The file's time to live after this write (shorter while the upload is incomplete).
+    ttl: float
+    # ttl to apply instead when this write completes the file.
+    complete_ttl: float
+
+
+class FileStore(Protocol):
+    # Where chunks go when [files] chunk_store = "store".
+    chunks: ChunkStore
+
+    async def create(self, record: FileRecord, ttl: float, sender_cap: int,
+                     total_cap: int) -> tuple[FileRecord, bool]:
+        """Store a new record for ttl seconds and charge record.charge to the sender and the
+        total; return (record, True). If a live record with this file_id exists, change
+        nothing and return (that record, False).
+
+        Raises StoreFull, storing nothing, if the sender's files would then be charged more
+        than sender_cap or all files more than total_cap.
+        """
+
+    async def get(self, file_id: bytes, part: int | None = None,
+                  all_parts: bool = False) -> FileRecord | None:
+        """The live record with, in .parts, that one part (if stored), every part
+        (all_parts), or none (the default: cheap for files of many parts)."""
+
+    async def put_part(self, file_id: bytes, request: PutRequest
+                       ) -> tuple[str, PartInfo | None]:
+        """Atomically check the bounds and record (or replace) one part; return the
+        PutOutcome and the replaced part (whose chunk the caller deletes), if any.
+        On any outcome but OK nothing changes."""
+
+    async def delete(self, file_id: bytes) -> FileRecord | None:
+        """Remove the record, releasing its charge; the removed record, or None."""
+
+    async def usage(self, sender: bytes | None = None) -> int:
+        """Bytes charged for the live files of sender (or of everyone)."""
+
+
+class ChunkStore(Protocol):
+    async def write(self, file_id: bytes, part: int, blob: bytes, data: bytes,
+                    ttl: float) -> None:
+        """Store a chunk completely or not at all. StoreFull when out of space."""
+
+    async def read(self, file_id: bytes, part: int, blob: bytes) -> bytes | None: ...
+
+    async def remove(self, file_id: bytes, part: int, blob: bytes) -> None:
+        """Delete one chunk (gone already is fine)."""
+
+    async def remove_file(self, file_id: bytes, record: FileRecord | None) -> None:
+        """Delete every chunk of a file."""
+
+    async def sweep(self, lookup: Callable[[bytes], Awaitable[FileRecord | None]],
+                    older_than: float) -> int:
+        """Delete chunks that no live record refers to and that were written before
+        older_than (Unix seconds); return how many were deleted."""
