@@ -33,4 +33,14 @@ def build_relay(config: RelayConfig, reactor: Any, store: Store | None = None) -
     store = store or open_store(config, reactor)
     children, processor = build_mailbox(config, store, reactor)
     services: list[IService] = [store.service]
+    if config.files.enabled:
+        from relay.files import install_file_api
+
+        services += install_file_api(config, store, processor, reactor)
+    if config.rendezvous.enabled:
+        from relay.rendezvous.service import make_rendezvous
+
+        rendezvous_children, rendezvous_service = make_rendezvous(config, store, reactor)
+        children.update(rendezvous_children)
+        services.append(rendezvous_service)
     return RelayApp(config, store, RelayRoot(children), processor, services)

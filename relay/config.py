@@ -50,6 +50,11 @@ def _chunk_store(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(f"chunk_store must be 'disk' or 'store', not {value!r}")
 
 
+def _data_path(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in ("splice", "copy"):
+        raise ConfigError(f"data_path must be 'splice' or 'copy', not {value!r}")
+
+
 def _string(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{attribute.name} must be a non-empty string, not {value!r}")
@@ -115,6 +120,9 @@ class FilesConfig:
     mailbox_max_bytes: int = attrs.field(default=4 * GIB, validator=_positive_int)
     total_max_bytes: int = attrs.field(default=32 * GIB, validator=_positive_int)
     file_ttl: float = attrs.field(default=7 * DAY, validator=_positive)
+    # An upload that gets no chunk for this long (and is not complete) is dropped early, so
+    # an abandoned upload does not hold its quota for the whole file_ttl.
+    stalled_upload_ttl: float = attrs.field(default=1 * DAY, validator=_positive)
     cleanup_interval: float = attrs.field(default=10 * MINUTE, validator=_positive)
     # Kept secret: binds upload ids to this relay. Empty: a file beside the chunk directory.
     secret_seed_file: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
@@ -133,6 +141,9 @@ class RendezvousConfig:
     idle_timeout: float = attrs.field(default=0.0, validator=_non_negative)
     max_channels: int = attrs.field(default=10000, validator=_positive_int)
     joins_per_ip_per_minute: int = attrs.field(default=60, validator=_positive_int)
+    # Stapled pairs: "splice" moves bytes socket->pipe->socket in the kernel (Linux; falls
+    # back to "copy" elsewhere and when idle_timeout is set), "copy" through Twisted.
+    data_path: str = attrs.field(default="splice", validator=_data_path)
 
 
 @attrs.frozen

@@ -33,6 +33,8 @@ def test_sample_config_documents_every_setting_with_its_default():
     ("[http]\nport = 1\n", "unknown setting [http] port"),
     ("[http\n", "not valid TOML"),
     ("[files]\nmax_chunk_size = 900000\n", "max_chunk_size"),
+    ("[rendezvous]\ndata_path = 'zero'\n", "data_path must be 'splice' or 'copy'"),
+    ("[files]\nchunk_store = 's3'\n", "chunk_store must be"),
 ])
 def test_bad_settings_fail_with_one_line(tmp_path, text, message):
     path = tmp_path / "relay.toml"

@@ -7,6 +7,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from relay.config import StoreConfig
 from relay.store.memory.budget import ByteBudget
+from relay.store.memory.channels import MemoryChannelStore
+from relay.store.memory.files import MemoryFileStore
 from relay.store.memory.mailbox import MemoryMailboxStore
 from relay.store.memory.sessions import MemorySessionStore
 
@@ -33,5 +35,7 @@ class MemoryBackend:
 def open_memory_tables(backend: MemoryBackend) -> dict:
     sessions = MemorySessionStore(backend.clock.seconds)
     mailbox = MemoryMailboxStore(backend.clock.seconds, backend.budget)
-    backend.sweepers += [sessions.sweep, mailbox.sweep]
-    return {"sessions": sessions, "mailbox": mailbox}
+    channels = MemoryChannelStore(backend.clock.seconds)
+    files = MemoryFileStore(backend.clock.seconds, backend.budget)
+    backend.sweepers += [sessions.sweep, mailbox.sweep, channels.sweep, files.sweep]
+    return {"sessions": sessions, "mailbox": mailbox, "channels": channels, "files": files}

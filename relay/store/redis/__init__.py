@@ -212,7 +212,10 @@ class _RedisService(Service):
 
 
 def open_redis_tables(backend: RedisBackend) -> dict:
+    from relay.store.redis.channels import RedisChannelStore
+    from relay.store.redis.files import RedisFileStore
     from relay.store.redis.mailbox import RedisMailboxStore
     from relay.store.redis.sessions import RedisSessionStore
 
-    return {"sessions": RedisSessionStore(backend), "mailbox": RedisMailboxStore(backend)}
+    return {"sessions": RedisSessionStore(backend), "mailbox": RedisMailboxStore(backend),
+            "channels": RedisChannelStore(backend), "files": RedisFileStore(backend)}
