@@ -1,0 +1,277 @@
+"""Interoperability with the real glow.ts client from npm, against a real `twistd relay` process.
+
+tests/interop/glow_scenario.mjs does the talking (two identities: handshake, messages, files)
+and checks every answer; this side installs glow.ts, runs the relay at difficulty 0 and 8
+(memory store) and at difficulty 0 on a real redis-server, runs the scenario, and then reads
+the relay's log for server errors and leaked key material.
+
+Nothing here is skipped: without node/npm, or when the install fails, the tests fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+INTEROP_DIR = Path(__file__).parent / "interop"
+SCENARIO = INTEROP_DIR / "glow_scenario.mjs"
+
+INSTALL_TIMEOUT = 300.0
+RELAY_START_TIMEOUT = 30.0
+RELAY_STOP_TIMEOUT = 10.0
+SCENARIO_TIMEOUT = 120.0
+# The free port is picked before twistd binds it; another process may take it in between.
+LAUNCH_ATTEMPTS = 3
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# Several test runs may share this working tree, and `npm ci` empties node_modules first: an
+# install holds this lock exclusively, a scenario run shares it, so neither pulls
+# node_modules from under the other.
+_NODE_MODULES_LOCK = Path(tempfile.gettempdir()) / (
+    "relay-interop-" + hashlib.sha256(str(INTEROP_DIR.resolve()).encode()).hexdigest()[:16]
+    + ".lock")
+
+
+@contextlib.contextmanager
+def _node_modules_locked(exclusive: bool, timeout: float) -> Iterator[None]:
+    with _NODE_MODULES_LOCK.open("a") as lock:
+        deadline = time.monotonic() + timeout
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        while True:
+            try:
+                fcntl.flock(lock, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test run held {_NODE_MODULES_LOCK} for {timeout} s")
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """node, with glow.ts installed into tests/interop/node_modules by npm (once per session)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("the glow.ts interop test needs node and npm on PATH (Node 18 or later)")
+    locked = (INTEROP_DIR / "package-lock.json").exists()
+    command = [npm, "ci" if locked else "install", "--no-audit", "--no-fund", "--loglevel=error"]
+    with _node_modules_locked(exclusive=True, timeout=INSTALL_TIMEOUT + SCENARIO_TIMEOUT):
+        try:
+            result = subprocess.run(command, cwd=INTEROP_DIR, capture_output=True, text=True,
+                                    timeout=INSTALL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`npm {command[1]}` in {INTEROP_DIR} took over {INSTALL_TIMEOUT} s")
+        if result.returncode != 0:
+            pytest.fail(f"`npm {command[1]}` in {INTEROP_DIR} failed ({result.returncode}):\n"
+                        f"{_tail(result.stdout + result.stderr)}")
+        wanted = json.loads((INTEROP_DIR / "package.json").read_text())["dependencies"]["glow.ts"]
+        installed = json.loads(
+            (INTEROP_DIR / "node_modules" / "glow.ts" / "package.json").read_text())["version"]
+    assert installed == wanted, f"npm installed glow.ts {installed}, package.json pins {wanted}"
+    return node
+
+
+def _twistd() -> list[str]:
+    """The twistd of the Python running the tests (the venv the relay is installed in)."""
+    sibling = Path(sys.executable).with_name("twistd")
+    if sibling.exists():
+        return [str(sibling)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    """Whether the relay answers HTTP at all (an empty /start_session is a 4xx)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url + "/start_session", data=b""),
+                               timeout=2)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class RelayProcess:
+    """One `twistd -n relay` on a free loopback port; its whole log goes to a file."""
+
+    def __init__(self, workdir: Path, difficulty: int, store_url: str = "memory") -> None:
+        self.workdir = workdir
+        self.difficulty = difficulty
+        self.store_url = store_url
+        self.files_dir = workdir / "files"
+        self.log_path = workdir / "relay.log"
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        for _ in range(LAUNCH_ATTEMPTS):
+            port = _free_port()
+            self.url = f"http://127.0.0.1:{port}"
+            self._launch(port)
+            if self._wait_until_answering():
+                return
+            if "Address already in use" not in self.log():
+                break
+        pytest.fail(f"the relay did not start:\n{_tail(self.log())}")
+
+    def _launch(self, port: int) -> None:
+        command = _twistd() + [
+            "-n", "--pidfile=", "relay",
+            "--port", f"tcp:{port}:interface=127.0.0.1",
+            "--difficulty", str(self.difficulty),
+            "--store", self.store_url,
+            # No fixed ports and nothing written outside this test's directory.
+            "--staple", "tcp:0:interface=127.0.0.1",
+            "--files-dir", str(self.files_dir),
+        ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, cwd=self.workdir, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def _wait_until_answering(self) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + RELAY_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            if _answers(self.url):
+                return True
+            time.sleep(0.1)
+        self.stop()
+        return False
+
+    def stop(self) -> None:
+        """Stop the relay (SIGTERM, then SIGKILL) and wait for it; safe to call twice."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(RELAY_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(RELAY_STOP_TIMEOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# (difficulty, store): both difficulties the issue asks for, and the Redis back-end once.
+@pytest.fixture(params=[(0, "memory"), (8, "memory"), (0, "redis")],
+                ids=["difficulty0", "difficulty8", "difficulty0-redis"])
+def relay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RelayProcess]:
+    difficulty, store = request.param
+    store_url = "memory"
+    if store == "redis":
+        redis = request.getfixturevalue("redis_server")  # tests/conftest.py, one per run
+        redis.flush()
+        store_url = redis.url
+    process = RelayProcess(tmp_path, difficulty, store_url)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+
+
+def run_scenario(node: str, relay: RelayProcess, scenario: str) -> dict:
+    command = [node, str(SCENARIO), relay.url, scenario, str(relay.difficulty)]
+    try:
+        with _node_modules_locked(exclusive=False, timeout=INSTALL_TIMEOUT):
+            result = subprocess.run(command, cwd=INTEROP_DIR, capture_output=True, text=True,
+                                    timeout=SCENARIO_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"glow.ts scenario {scenario} took over {SCENARIO_TIMEOUT} s\n"
+                    f"stderr: {_tail(str(e.stderr or ''))}\nrelay log:\n{_tail(relay.log())}")
+    if result.returncode != 0:
+        pytest.fail(f"glow.ts scenario {scenario} failed ({result.returncode}):\n"
+                    f"{_tail(result.stderr)}\nrelay log:\n{_tail(relay.log())}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _spellings(b64_value: str) -> set[str]:
+    """How a logged value could show up: standard and URL-safe base64, lower/upper hex."""
+    raw = base64.b64decode(b64_value, validate=True)
+    urlsafe = base64.urlsafe_b64encode(raw).decode()
+    return {b64_value, urlsafe, urlsafe.rstrip("="), raw.hex(), raw.hex().upper()}
+
+
+def assert_log_is_clean(relay: RelayProcess, must_not_log: list[str]) -> None:
+    relay.stop()  # the whole log is on disk once twistd has exited
+    log = relay.log()
+    assert re.search(r"\] /command 200\b", log), f"the relay logged no commands:\n{_tail(log)}"
+    server_errors = re.findall(r"\] /\w+ 5\d\d\b.*", log)
+    assert not server_errors, f"the relay answered with server errors: {server_errors}"
+    assert "Traceback" not in log, f"the relay logged a traceback:\n{_tail(log, 80)}"
+    assert len(must_not_log) >= 10, f"the scenario reported too little material: {must_not_log}"
+    for value in set(must_not_log):
+        for spelling in _spellings(value):
+            assert spelling not in log, (
+                f"the relay's log contains key material or a token in full ({spelling[:6]}...)")
+
+
+@pytest.mark.slow
+def test_glow_messages(node: str, relay: RelayProcess) -> None:
+    """Two glow.ts identities: handshake, upload, count, download, messageStatus, delete."""
+    result = run_scenario(node, relay, "messages")
+    assert result["ok"] is True
+    assert result["difficulty"] == relay.difficulty
+    assert result["uploaded"] == 4 and result["downloaded"] == 4
+    assert_log_is_clean(relay, result["relay_must_not_log"])
+
+
+@pytest.mark.slow
+def test_glow_files(node: str, relay: RelayProcess) -> None:
+    """glow.ts uploads a multi-chunk file, the other identity downloads it byte-identical and
+    deletes it."""
+    result = run_scenario(node, relay, "files")
+    assert result["ok"] is True
+    assert result["chunks"] >= 3
+    assert result["file_size"] > 2 * result["chunk_size"]
+    assert_log_is_clean(relay, result["relay_must_not_log"])
+    # Deleted means gone from disk too (small bookkeeping files may stay; chunks may not).
+    left = {str(path.relative_to(relay.files_dir)): path.stat().st_size
+            for path in relay.files_dir.rglob("*") if path.is_file()}
+    assert sum(left.values()) < 1024, f"chunks left on disk after deleteFile: {left}"
+
+
+def test_log_check_catches_key_material(tmp_path: Path) -> None:
+    """The log check itself: a full key in any common spelling fails it, a short prefix not."""
+    key = base64.b64encode(bytes(range(200, 232))).decode()
+    fine = "2026-01-01T00:00:00+0000 [relay.http#info] /command 200 count c8c9cacb 0.3ms\n"
+    for logged in [key, _spellings(key).pop(), bytes(range(200, 232)).hex()]:
+        relay = RelayProcess(tmp_path, 0)
+        relay.log_path.write_text(fine + f"[relay#info] hpk {logged}\n")
+        with pytest.raises(AssertionError, match="key material"):
+            assert_log_is_clean(relay, [key] * 10)
+    relay.log_path.write_text(fine)
+    assert_log_is_clean(relay, [key] * 10)
