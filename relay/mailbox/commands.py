@@ -69,7 +69,7 @@ class CommandProcessor:
 
     async def run(self, body: bytes) -> tuple[bytes | None, str | None, list[str]]:
         """Returns (hpk, command name, response lines); raises HTTPError."""
-        lines = split_lines(body)
+        lines = split_lines(body, 4)
         if len(lines) not in (3, 4) or len(lines[0]) != 44 or len(lines[1]) != 32:
             raise bad_request("expected hpk, nonce and ciphertext lines")
         hpk = decode_field(lines[0], KEY_LEN, "hpk")

@@ -41,7 +41,7 @@ class SessionHandshake:
 
     async def start_session(self, body: bytes) -> tuple[bytes, list[str]]:
         """Returns (handshake key for logging, response lines)."""
-        lines = split_lines(body)
+        lines = split_lines(body, 8)
         if not lines:
             raise bad_request("empty body")
         # Zax answers any unusable token line with 401, and clients expect that.
@@ -58,7 +58,7 @@ class SessionHandshake:
         return key, [b64encode(relay_token), str(self.config.difficulty)]
 
     async def verify_session(self, body: bytes) -> tuple[bytes, list[str]]:
-        lines = split_lines(body)
+        lines = split_lines(body, 2)
         if len(lines) != 2 or len(lines[0]) != 44 or len(lines[1]) != 44:
             raise bad_request("expected two lines: h2(client token) and the proof")
         key = decode_field(lines[0], 32, "handshake id")
@@ -83,7 +83,7 @@ class SessionHandshake:
         return meets_difficulty(h2(tokens + proof), self.config.difficulty)
 
     async def prove(self, body: bytes) -> tuple[bytes, list[str]]:
-        lines = split_lines(body)
+        lines = split_lines(body, 4)
         if len(lines) != 4 or tuple(len(line) for line in lines) != PROVE_LINE_LENGTHS:
             raise bad_request("expected four lines of 44, 44, 32 and 256 characters")
         key = decode_field(lines[0], 32, "handshake id")

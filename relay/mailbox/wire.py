@@ -6,13 +6,17 @@ from relay.crypto import EncodingError, b64decode
 from relay.web.errors import bad_request
 
 
-def split_lines(body: bytes) -> list[bytes]:
-    """Lines joined by CRLF (or by LF when the body has no CRLF); trailing empty lines dropped."""
+def split_lines(body: bytes, max_lines: int) -> list[bytes]:
+    """Lines joined by CRLF (or by LF when the body has no CRLF); trailing empty lines dropped.
+
+    At most max_lines: the split stops there, so a 700 KB file chunk on the last line is not
+    scanned again, and a body with more lines is refused.
+    """
     separator = b"\r\n" if b"\r\n" in body else b"\n"
-    lines = body.split(separator)
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
+    lines = body.rstrip(b"\r\n").split(separator, max_lines)
+    if len(lines) > max_lines:
+        raise bad_request(f"at most {max_lines} lines")
+    return lines if lines != [b""] else []
 
 
 def decode_field(line: bytes, length: int | None, what: str) -> bytes:
