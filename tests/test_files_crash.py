@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -18,75 +13,18 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from tests.relay_process import RelayProcess
 from tests.test_files_support import CHUNK, AsyncZax, HttpPoster, SealedFile
 
-START_TIMEOUT = 20.0
 FILE_SIZE = 50 * 1024 * 1024
 KILL_AFTER = 40
-
-
-def _twistd() -> str:
-    candidate = Path(sys.executable).with_name("twistd")
-    return str(candidate) if candidate.exists() else "twistd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RelayProcess:
-    def __init__(self, store_url: str, directory: Path, log: Path) -> None:
-        self.store_url = store_url
-        self.directory = directory
-        self.log = log
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        for _ in range(3):  # the free port may be taken between the probe and the bind
-            self.port = _free_port()
-            args = [_twistd(), "-n", "--pidfile=", "relay",
-                    "--port", f"tcp:{self.port}:interface=127.0.0.1",
-                    "--store", self.store_url, "--files-dir", str(self.directory),
-                    "--no-rendezvous"]
-            with open(self.log, "ab") as log:
-                self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL)
-            if self._wait_until_listening():
-                return
-            self.kill()
-        raise RuntimeError(f"the relay did not start:\n{self.log.read_text()[-3000:]}")
-
-    def _wait_until_listening(self) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
-            except OSError:
-                time.sleep(0.05)
-        return False
-
-    def kill(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        if process is not None:
-            process.wait(timeout=10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
 
 
 @pytest.fixture
 def relay_process(redis_server, tmp_path):
     redis_server.flush()
-    relay = RelayProcess(redis_server.url, tmp_path / "chunks", tmp_path / "relay.log")
+    relay = RelayProcess(tmp_path, ["--store", redis_server.url,
+                                    "--files-dir", str(tmp_path / "chunks")])
     try:
         yield relay
     finally:
@@ -95,7 +33,7 @@ def relay_process(redis_server, tmp_path):
 
 async def _restart(relay_process: RelayProcess, posters: list, *clients: AsyncZax) -> None:
     relay_process.start()
-    posters.append(HttpPoster(relay_process.url))
+    posters.append(HttpPoster(relay_process.url + "/"))
     for client in clients:
         client.post = posters[-1]  # sessions live in Redis: no new handshake needed
 
@@ -104,7 +42,7 @@ async def _restart(relay_process: RelayProcess, posters: list, *clients: AsyncZa
 @pytest_twisted.ensureDeferred
 async def test_kill_9_mid_upload_then_resume(relay_process, tmp_path):
     relay_process.start()
-    posters = [HttpPoster(relay_process.url)]
+    posters = [HttpPoster(relay_process.url + "/")]
     try:
         alice, bob = AsyncZax(posters[0]), AsyncZax(posters[0])
         await alice.connect()
