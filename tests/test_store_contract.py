@@ -59,25 +59,39 @@ async def test_handshake_replace_keeps_session_key(store_factory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_take_handshake_only_once(store_factory):
+async def test_finish_handshake_only_once(store_factory):
     sessions = store_factory.sessions
-    key = random_key()
+    key, hpk = random_key(), random_key()
     handshake = Handshake(os.urandom(32), os.urandom(32), os.urandom(32))
     await sessions.put_handshake(key, handshake, LONG_TTL)
-    assert await sessions.take_handshake(key) == handshake
-    assert await sessions.take_handshake(key) is None
+    session = Session(os.urandom(32), os.urandom(32))
+    assert await sessions.finish_handshake(key, hpk, session, LONG_TTL) is True
+    assert await sessions.get_session(hpk) == session
     assert await sessions.get_handshake(key) is None
+    other = Session(os.urandom(32), os.urandom(32))
+    assert await sessions.finish_handshake(key, hpk, other, LONG_TTL) is False
+    assert await sessions.get_session(hpk) == session
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_takes_get_the_handshake_once(store_factory):
+async def test_concurrent_finishes_succeed_once(store_factory):
     sessions = store_factory.sessions
-    key = random_key()
-    handshake = Handshake(os.urandom(32), os.urandom(32))
-    await sessions.put_handshake(key, handshake, LONG_TTL)
-    results = await both(*(sessions.take_handshake(key) for _ in range(8)))
-    assert results.count(handshake) == 1
-    assert results.count(None) == 7
+    key, hpk = random_key(), random_key()
+    await sessions.put_handshake(key, Handshake(os.urandom(32), os.urandom(32)), LONG_TTL)
+    results = await both(*(sessions.finish_handshake(key, hpk, Session(bytes([i]) * 32,
+                                                                         b"pk" * 16), LONG_TTL)
+                           for i in range(8)))
+    assert results.count(True) == 1 and results.count(False) == 7
+
+
+@pytest_twisted.ensureDeferred
+async def test_finished_session_expires(store_factory, store_sleep):
+    sessions = store_factory.sessions
+    key, hpk = random_key(), random_key()
+    await sessions.put_handshake(key, Handshake(os.urandom(32), os.urandom(32)), LONG_TTL)
+    assert await sessions.finish_handshake(key, hpk, Session(b"s" * 32, b"c" * 32), SHORT_TTL)
+    await store_sleep(PAST_SHORT_TTL)
+    assert await sessions.get_session(hpk) is None
 
 
 @pytest_twisted.ensureDeferred
@@ -90,7 +104,8 @@ async def test_handshake_expires(store_factory, store_sleep):
     assert await sessions.get_handshake(key) == handshake
     await store_sleep(PAST_SHORT_TTL)
     assert await sessions.get_handshake(key) is None
-    assert await sessions.take_handshake(key) is None
+    assert await sessions.finish_handshake(key, random_key(), Session(b"s", b"c"), LONG_TTL) \
+        is False
     assert await sessions.get_handshake(kept) == handshake
 
 
@@ -125,6 +140,29 @@ async def test_session_expires_and_replacing_renews_it(store_factory, store_slee
 
 
 # -- nonces -----------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_with_nonce_claim(store_factory):
+    sessions = store_factory.sessions
+    hpk, nonce = random_key(), os.urandom(24)
+    # No session: nothing claimed.
+    assert await sessions.get_session_claiming_nonce(hpk, nonce, LONG_TTL) == (None, False)
+    session = Session(os.urandom(32), os.urandom(32))
+    await sessions.put_session(hpk, session, LONG_TTL)
+    assert await sessions.get_session_claiming_nonce(hpk, nonce, LONG_TTL) == (session, True)
+    assert await sessions.get_session_claiming_nonce(hpk, nonce, LONG_TTL) == (session, False)
+    assert await sessions.claim_nonce(nonce, LONG_TTL) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_claimed_nonce_is_forgotten_after_its_ttl(store_factory, store_sleep):
+    sessions = store_factory.sessions
+    hpk, nonce = random_key(), os.urandom(24)
+    await sessions.put_session(hpk, Session(os.urandom(32), os.urandom(32)), LONG_TTL)
+    assert (await sessions.get_session_claiming_nonce(hpk, nonce, SHORT_TTL))[1] is True
+    await store_sleep(PAST_SHORT_TTL)
+    assert (await sessions.get_session_claiming_nonce(hpk, nonce, SHORT_TTL))[1] is True
 
 
 @pytest_twisted.ensureDeferred

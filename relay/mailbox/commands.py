@@ -75,7 +75,11 @@ class CommandProcessor:
         hpk = decode_field(lines[0], KEY_LEN, "hpk")
         nonce = decode_field(lines[1], NONCE_LEN, "nonce")
         ctext = decode_field(lines[2], None, "ciphertext")
-        session = await self.store.sessions.get_session(hpk)
+        self.nonces.check_time(nonce)
+        # Claiming the nonce before the box is opened saves a store round trip; it cannot
+        # burn a client's future nonce: those are unpredictable (16 random bytes).
+        session, fresh = await self.store.sessions.get_session_claiming_nonce(
+            hpk, nonce, self.nonces.remember_for)
         if session is None:
             raise unauthorized("no session for this hpk")
         box = session_box(session.relay_sk, session.client_pk)
@@ -85,7 +89,8 @@ class CommandProcessor:
             # The client's session key does not match ours (a newer /prove replaced it):
             # 401 makes clients handshake again.
             raise unauthorized("the command box does not open with this session") from None
-        await self.nonces.check(nonce)
+        if not fresh:
+            raise unauthorized("nonce replayed")
         data = _parse_command(plain)
         name = data["cmd"]
         handler = self.handlers.get(name)

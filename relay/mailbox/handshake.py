@@ -111,11 +111,11 @@ class SessionHandshake:
         # Nonces are checked last, so a malformed request does not burn them.
         await self.nonces.check(outer_nonce)
         await self.nonces.check(inner_nonce)
-        if await self.store.sessions.take_handshake(key) is None:
-            raise unauthorized("handshake already used")
         hpk = h2(identity_pk)
-        await self.store.sessions.put_session(
-            hpk, Session(bytes(session_sk), client_pk), self.config.session_timeout)
+        session = Session(bytes(session_sk), client_pk)
+        if not await self.store.sessions.finish_handshake(key, hpk, session,
+                                                          self.config.session_timeout):
+            raise unauthorized("handshake already used")
         return hpk, [str(await self.store.mailbox.count(hpk))]
 
 

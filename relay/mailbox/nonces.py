@@ -20,8 +20,11 @@ class NonceGuard:
         # nonce_timeout (Zax's 10 minutes) caps the cache's lifetime from above.
         self.remember_for = min(config.nonce_timeout, 2 * config.max_nonce_diff + 1)
 
-    async def check(self, nonce: bytes) -> None:
+    def check_time(self, nonce: bytes) -> None:
         if not nonce_is_fresh(nonce, self.clock.seconds(), self.config.max_nonce_diff):
             raise unauthorized("nonce timestamp outside the accepted window")
+
+    async def check(self, nonce: bytes) -> None:
+        self.check_time(nonce)
         if not await self.store.sessions.claim_nonce(nonce, self.remember_for):
             raise unauthorized("nonce replayed")

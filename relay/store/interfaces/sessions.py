@@ -31,13 +31,21 @@ class SessionStore(Protocol):
 
     async def get_handshake(self, key: bytes) -> Handshake | None: ...
 
-    async def take_handshake(self, key: bytes) -> Handshake | None:
-        """Atomically read and delete: two concurrent /prove calls cannot both get it."""
+    async def finish_handshake(self, key: bytes, hpk: bytes, session: Session,
+                               ttl: float) -> bool:
+        """Atomically delete the handshake under key and store session under hpk for ttl
+        (replacing any earlier session of hpk). False, storing nothing, if the handshake was
+        already gone: two concurrent /prove calls cannot both succeed."""
 
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
         """Store the session, replacing any earlier session of hpk."""
 
     async def get_session(self, hpk: bytes) -> Session | None: ...
+
+    async def get_session_claiming_nonce(self, hpk: bytes, nonce: bytes,
+                                         nonce_ttl: float) -> tuple[Session | None, bool]:
+        """hpk's session, and whether nonce was fresh (it is claimed now, as claim_nonce
+        does, but only when there is a session). One round trip: /command's hot path."""
 
     async def claim_nonce(self, nonce: bytes, ttl: float) -> bool:
         """True if nonce was not seen within ttl (and remember it); False for a replay."""

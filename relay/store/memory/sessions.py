@@ -20,14 +20,25 @@ class MemorySessionStore:
     async def get_handshake(self, key: bytes) -> Handshake | None:
         return self.handshakes.get(key)
 
-    async def take_handshake(self, key: bytes) -> Handshake | None:
-        return self.handshakes.pop(key)
+    async def finish_handshake(self, key: bytes, hpk: bytes, session: Session,
+                               ttl: float) -> bool:
+        if self.handshakes.pop(key) is None:
+            return False
+        self.sessions.put(hpk, session, ttl)
+        return True
 
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
         self.sessions.put(hpk, session, ttl)
 
     async def get_session(self, hpk: bytes) -> Session | None:
         return self.sessions.get(hpk)
+
+    async def get_session_claiming_nonce(self, hpk: bytes, nonce: bytes,
+                                         nonce_ttl: float) -> tuple[Session | None, bool]:
+        session = self.sessions.get(hpk)
+        if session is None:
+            return None, False
+        return session, self.nonces.add_if_absent(nonce, True, nonce_ttl)
 
     async def claim_nonce(self, nonce: bytes, ttl: float) -> bool:
         return self.nonces.add_if_absent(nonce, True, ttl)

@@ -15,12 +15,21 @@ from relay.store.redis.codec import (
     encode_session,
 )
 
-# GET and DEL in one step, so two concurrent /prove calls cannot both get the handshake.
-# (GETDEL would do, but needs Redis 6.2; this runs on any Redis with Lua.)
-_TAKE = """
-local value = redis.call('GET', KEYS[1])
-if value then redis.call('DEL', KEYS[1]) end
-return value
+# Delete the handshake and store the session in one step, so two concurrent /prove calls
+# cannot both succeed. KEYS: handshake, session; ARGV: session record, TTL in ms.
+_FINISH = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# /command's first step in one round trip: the session, and the nonce claimed if there is
+# one. KEYS: session, nonce; ARGV: nonce TTL in ms. Returns {session or false, 1 or 0}.
+_SESSION_AND_NONCE = """
+local session = redis.call('GET', KEYS[1])
+if not session then return {false, 0} end
+if redis.call('SET', KEYS[2], '1', 'PX', ARGV[1], 'NX') then return {session, 1} end
+return {session, 0}
 """
 
 
@@ -56,9 +65,11 @@ class RedisSessionStore:
         name = self._handshake_key(key)
         return _decoded(decode_handshake, await self._backend.run(lambda redis: redis.get(name)))
 
-    async def take_handshake(self, key: bytes) -> Handshake | None:
-        data = await self._backend.script(_TAKE, [self._handshake_key(key)], [])
-        return _decoded(decode_handshake, data)
+    async def finish_handshake(self, key: bytes, hpk: bytes, session: Session,
+                               ttl: float) -> bool:
+        keys = [self._handshake_key(key), self._session_key(hpk)]
+        done = await self._backend.script(_FINISH, keys, [encode_session(session), ttl_ms(ttl)])
+        return done == 1
 
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
         name, value = self._session_key(hpk), encode_session(session)
@@ -67,6 +78,13 @@ class RedisSessionStore:
     async def get_session(self, hpk: bytes) -> Session | None:
         name = self._session_key(hpk)
         return _decoded(decode_session, await self._backend.run(lambda redis: redis.get(name)))
+
+    async def get_session_claiming_nonce(self, hpk: bytes, nonce: bytes,
+                                         nonce_ttl: float) -> tuple[Session | None, bool]:
+        keys = [self._session_key(hpk), self._backend.key("nonce", nonce)]
+        data, claimed = await self._backend.script(_SESSION_AND_NONCE, keys,
+                                                   [ttl_ms(nonce_ttl)])
+        return _decoded(decode_session, data), claimed == 1
 
     async def claim_nonce(self, nonce: bytes, ttl: float) -> bool:
         name = self._backend.key("nonce", nonce)
