@@ -39,8 +39,7 @@ MAX_PART_NUMBER = 2**31 - 1
 MAX_CHUNK_NONCE_BYTES = 64
 BLOB_ID_BYTES = 8
 _NOT_FOUND = {"status": "NOT_FOUND"}
-
-
+# Bytes secretbox adds to a chunk (its MAC).
 SECRETBOX_OVERHEAD = 16
 
 
