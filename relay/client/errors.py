@@ -55,3 +55,8 @@ class UnsafePathError(ClientError):
 
 class TransferError(ClientError):
     """The live transfer failed: refused, over a cap, a checksum mismatch, a protocol error."""
+
+
+class VerificationError(TransferError):
+    """Received data failed a check: a SHA-256 or MD5 mismatch, a chunk or box that does not
+    open, a size that differs from what was declared."""

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from relay.client.errors import RecordError, TransferError, UnsafePathError
+from relay.client.errors import RecordError, TransferError, UnsafePathError, VerificationError
 from relay.client.safe_paths import (
     DEFAULT_LIMITS,
     Overwrite,
@@ -406,7 +406,8 @@ async def _receive_one(channel: RecordChannel, root: Path, item: _Wanted, index:
         if message.get("sha256") != digest.hexdigest():
             f.close()
             os.unlink(partial)  # a bad prefix must not be resumed again
-            raise TransferError(f"{printable_name('/'.join(item.parts))}: SHA-256 mismatch")
+            raise VerificationError(f"{printable_name('/'.join(item.parts))}: SHA-256 "
+                                    f"mismatch")
         f.flush()
         os.fsync(f.fileno())
         os.fchmod(f.fileno(), item.mode)

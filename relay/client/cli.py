@@ -1,0 +1,293 @@
+"""The `relay` command: send and receive files through a relay, live or as dead drops.
+
+`main()` parses the command line, runs the command on the Twisted reactor and exits with a
+documented code; every error a user can cause is one line on stderr, never a traceback.
+`run(ctx)` is the same minus the process: tests drive it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+from relay import __version__
+from relay.client.cli_context import (
+    CONFIG_FILE,
+    DEFAULT_CODE_WAIT,
+    DEFAULT_OFFER_WAIT,
+    DEFAULT_RELAY_URL,
+    ENV_CODE,
+    ENV_URL,
+    Context,
+    UsageError,
+)
+from relay.client.codes import BadCode
+from relay.client.errors import (
+    ClientError,
+    ContactError,
+    IdentityError,
+    RelayError,
+    VerificationError,
+)
+from relay.client.home import ENV_HOME
+from relay.client.pake import CodeError, WrongCode
+from relay.client.safe_paths import printable_name
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RELAY = 3
+EXIT_VERIFY = 4
+EXIT_WRONG_CODE = 5
+EXIT_INTERRUPTED = 130
+
+EPILOG = f"""\
+exit codes:
+  0    done
+  1    the transfer failed or was refused (nobody came, unsafe names, exists, cut off)
+  2    usage: bad arguments, unknown contact, malformed code, bad identity or config file
+  3    the relay is unreachable or answered with an error
+  4    verification failed: a checksum, size or encrypted chunk did not check out
+  5    wrong code: the code phrase or drop code did not match (a code works once)
+  130  interrupted
+
+environment:
+  {ENV_URL}    relay URL (after --relay; before the config file; default {DEFAULT_RELAY_URL})
+  {ENV_CODE}   the code for `relay receive` (codes are never taken from the command line)
+  {ENV_HOME}   where the identity, contacts and {CONFIG_FILE} live
+               (default $XDG_CONFIG_HOME/relay or ~/.config/relay)
+
+config file ({CONFIG_FILE} in the relay home, TOML):
+  relay_url = "https://relay.example.org"
+  offer_wait = {DEFAULT_OFFER_WAIT:g}   # seconds a contact has to take a live offer
+  code_wait = {DEFAULT_CODE_WAIT:g}    # seconds a code-phrase sender waits
+"""
+
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmg]?)(?:i?b)?(?:/s)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def _byte_count(text: str) -> float:
+    match = _RATE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (like 500k, 10M, 2G)")
+    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError("seconds must be between 0 and a week")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"relay: error: {printable_name(message)}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="relay", epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Send files and messages end-to-end encrypted through a "
+                                 "relay: live by code phrase, or as dead drops for contacts.")
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    parser.add_argument("--relay", metavar="URL", help=f"the relay (default: ${ENV_URL}, "
+                        f"the config file, or {DEFAULT_RELAY_URL})")
+    parser.add_argument("--home", metavar="DIR", help=f"relay home (default: ${ENV_HOME})")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors and codes")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="show the progress bar even when stderr is not a terminal")
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    send = commands.add_parser(
+        "send", help="send files, folders, stdin or a text",
+        description="Send by code phrase (live; the receiver types the code), or with --to "
+                    "to a contact (live if their client takes it within --wait, else a dead "
+                    "drop in their mailbox).", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    send.add_argument("paths", nargs="*", metavar="PATH", help="files and folders; - is stdin")
+    send.add_argument("--text", help="a short text message (alone or with files)")
+    send.add_argument("--to", metavar="NAME", help="a contact: offer live, then drop")
+    send.add_argument("--wait", type=_seconds, metavar="SECONDS",
+                      help=f"how long to wait for the receiver (default {DEFAULT_CODE_WAIT:g}; "
+                           f"with --to {DEFAULT_OFFER_WAIT:g}, and 0 drops at once)")
+    send.add_argument("--drop", action="store_true",
+                      help="if nobody comes within --wait, leave a dead drop and print a "
+                           "drop code")
+    send.add_argument("--name", help="the file name for stdin (default stdin)")
+    send.add_argument("--limit-rate", type=_byte_count, metavar="RATE",
+                      help="send at most RATE bytes/s (like 500k, 10M)")
+
+    receive = commands.add_parser(
+        "receive", help="receive by code, or collect your mailbox",
+        description=f"Without ${ENV_CODE}: collect the mailbox (messages, live offers and "
+                    f"drops from contacts); if nothing is there, ask for a code (a code "
+                    f"phrase or a drop code).", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    receive.add_argument("-o", "--output", metavar="DIR", help="where to write (default: .)")
+    receive.add_argument("--stdout", action="store_true",
+                         help="write the received file to stdout (once verified)")
+    receive.add_argument("--overwrite", choices=["never", "ask", "always"], default="never",
+                         help="existing files: never (default), ask, always")
+    receive.add_argument("-y", "--yes", action="store_true", help="accept without asking")
+    where = receive.add_mutually_exclusive_group()
+    where.add_argument("--mailbox", action="store_true", help="only collect the mailbox")
+    where.add_argument("--no-mailbox", action="store_true", help="only receive by code")
+    receive.add_argument("--wait", type=_seconds, metavar="SECONDS",
+                         help="poll the mailbox this long for something to arrive")
+    receive.add_argument("--max-size", type=lambda t: int(_byte_count(t)), metavar="SIZE",
+                         help="refuse offers bigger than SIZE in all")
+    receive.add_argument("--max-files", type=_positive_int, metavar="N",
+                         help="refuse offers of more than N entries")
+
+    commands.add_parser("inbox", help="list what waits in your mailbox (takes nothing)")
+
+    message = commands.add_parser("message", help="leave a short text for a contact")
+    message.add_argument("--to", metavar="NAME", required=True)
+    message.add_argument("text", nargs="+", metavar="TEXT", help="the message; - reads stdin")
+
+    commands.add_parser("identity", aliases=["id"],
+                        help="show your public key and fingerprint (created on first use)")
+
+    contacts = commands.add_parser("contacts", help="add, list or remove contacts")
+    contact_commands = contacts.add_subparsers(dest="contacts_command", metavar="ACTION",
+                                               parser_class=_Parser)
+    contact_commands.required = True
+    add = contact_commands.add_parser("add", help="add a contact by public key")
+    add.add_argument("name")
+    add.add_argument("public_key", metavar="PUBLIC_KEY", help="as `relay identity` shows it")
+    add.add_argument("--replace", action="store_true", help="replace a contact's key")
+    contact_commands.add_parser("list", help="list contacts")
+    remove = contact_commands.add_parser("remove", help="remove a contact")
+    remove.add_argument("name")
+    return parser
+
+
+# ---- small commands ------------------------------------------------------------------------
+
+async def cmd_identity(ctx: Context) -> int:
+    identity = ctx.identity()
+    print(f"Public key:  {identity.public_key_b64}\nFingerprint: {identity.fingerprint}",
+          file=ctx.stdout)
+    ctx.say("Give the public key to your contacts; compare fingerprints to be sure.")
+    return EXIT_OK
+
+
+async def cmd_contacts(ctx: Context) -> int:
+    book = ctx.contacts()
+    action = ctx.args.contacts_command
+    if action == "add":
+        contact = book.add(ctx.args.name, ctx.args.public_key, replace=ctx.args.replace)
+        print(f"Added {contact.name}, fingerprint {contact.fingerprint}", file=ctx.stdout)
+        ctx.say("Compare the fingerprint with the one your contact sees in `relay identity`.")
+    elif action == "list":
+        contacts = book.list()
+        for contact in contacts:
+            print(f"{contact.name:<24} {contact.fingerprint}", file=ctx.stdout)
+        if not contacts:
+            ctx.say("No contacts yet: `relay contacts add NAME PUBLIC_KEY`.")
+    else:
+        contact = book.remove(ctx.args.name)
+        print(f"Removed {contact.name}", file=ctx.stdout)
+    return EXIT_OK
+
+
+def _commands() -> dict[str, Callable[[Context], Awaitable[int]]]:
+    from relay.client.cli_receive import cmd_inbox, cmd_receive
+    from relay.client.cli_send import cmd_message, cmd_send
+
+    return {"send": cmd_send, "receive": cmd_receive, "inbox": cmd_inbox,
+            "message": cmd_message, "identity": cmd_identity, "id": cmd_identity,
+            "contacts": cmd_contacts}
+
+
+def exit_code_for(error: BaseException) -> int:
+    from relay.client.cli_receive import WrongCodeError
+
+    if isinstance(error, WrongCode | WrongCodeError):
+        return EXIT_WRONG_CODE
+    if isinstance(error, UsageError | BadCode | CodeError | ContactError | IdentityError):
+        return EXIT_USAGE
+    if isinstance(error, VerificationError):
+        return EXIT_VERIFY
+    if isinstance(error, RelayError):
+        return EXIT_RELAY
+    return EXIT_FAILED
+
+
+async def run(ctx: Context) -> int:
+    """Run the parsed command; the exit code. ClientErrors become one line on stderr."""
+    try:
+        ctx.settings  # noqa: B018 - a broken config file is reported whatever the command
+        return await _commands()[ctx.args.command](ctx)
+    except ClientError as e:
+        print(f"relay: error: {printable_name(str(e))}", file=ctx.stderr, flush=True)
+        return exit_code_for(e)
+    except OSError as e:  # the local disk: a full disk, a read-only folder...
+        where = f" ({printable_name(str(e.filename))})" if e.filename else ""
+        print(f"relay: error: {e.strerror or e}{where}", file=ctx.stderr, flush=True)
+        return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = build_parser().parse_args(argv)
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    outcome: dict[str, Any] = {}
+
+    def start() -> None:
+        ctx = Context(args=args, reactor=reactor)
+        finished = Deferred.fromCoroutine(run(ctx))
+
+        def done(code: int) -> None:
+            outcome["code"] = code
+
+        def failed(failure: Any) -> None:
+            outcome["code"] = EXIT_FAILED
+            # A bug, not a user mistake: say so, with the details for a report.
+            print("relay: internal error (please report):", file=sys.stderr)
+            traceback.print_exception(failure.type, failure.value, failure.getTracebackObject())
+
+        finished.addCallbacks(done, failed)
+        finished.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    code = outcome.get("code", EXIT_INTERRUPTED)
+    if code == EXIT_INTERRUPTED:
+        print("\nrelay: interrupted", file=sys.stderr)
+    sys.stdout.flush()
+    # os._exit skips waiting on the thread pool (a proof-of-work search that was cancelled).
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""`relay send` and `relay message`.
+
+send PATH...            live, by code phrase; with --drop, a dead drop under a drop code
+                        when nobody comes within --wait
+send --to NAME PATH...  a live offer in the contact's mailbox, then (after --wait) a dead
+                        drop in it; --wait 0 goes straight to the drop
+message --to NAME TEXT  a short text, boxed to the contact, through the plain mailbox
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from relay.client import codes
+from relay.client.cli_context import Context, UsageError
+from relay.client.contacts import Contact
+from relay.client.drop import send_drop
+from relay.client.errors import TransferError
+from relay.client.inbox import FORMAT_VERSION, OFFER_TYPE, box_text, send_json
+from relay.client.live import NobodyCame, run_live_send, start_live_send
+from relay.client.progress import human_bytes
+from relay.client.safe_paths import check_relative_name, printable_name
+from relay.client.transfer import MAX_TEXT, SourceEntry, collect_sources
+from relay.crypto import h2
+
+STDIN = "-"
+DEFAULT_STDIN_NAME = "stdin"
+
+
+@contextmanager
+def _sources(ctx: Context) -> Iterator[list[SourceEntry]]:
+    """The entries to send; stdin ("-") is first spooled to a private temporary file, so
+    its size and hash are known up front (the offer states sizes) and a resume can work."""
+    args = ctx.args
+    paths = list(args.paths)
+    if paths.count(STDIN) > 1:
+        raise UsageError("stdin (-) can be sent only once")
+    if not paths and args.text is None:
+        raise UsageError("nothing to send: give paths, - for stdin, or --text")
+    spool = None
+    try:
+        entries: list[SourceEntry] = []
+        for path in paths:
+            if path == STDIN:
+                name = args.name or DEFAULT_STDIN_NAME
+                try:
+                    check_relative_name(name)
+                except Exception as e:
+                    raise UsageError(f"--name: {e}") from None
+                if "/" in name:
+                    raise UsageError("--name is a file name, not a path")
+                spool = Path(tempfile.mkdtemp(prefix="relay-stdin-"))
+                target = spool / name
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(ctx.stdin.buffer, out, 1024 * 1024)
+                entries += collect_sources([target])
+            else:
+                try:
+                    entries += collect_sources([Path(path)])
+                except TransferError as e:
+                    raise UsageError(str(e)) from None
+        seen = set()
+        for entry in entries:
+            if entry.name in seen:
+                raise UsageError(f"two paths would arrive as {printable_name(entry.name)}")
+            seen.add(entry.name)
+        yield entries
+    finally:
+        if spool is not None:
+            shutil.rmtree(spool, ignore_errors=True)
+
+
+def _check_text(text: str | None) -> str | None:
+    if text is not None and len(text.encode("utf-8")) > MAX_TEXT:
+        raise UsageError(f"--text is over {MAX_TEXT} bytes; send it as a file")
+    return text
+
+
+def _summary(entries: list[SourceEntry], text: str | None) -> str:
+    files = sum(1 for e in entries if not e.is_dir)
+    folders = sum(1 for e in entries if e.is_dir)
+    parts = []
+    if files:
+        parts.append(f"{files} file{'s' if files != 1 else ''} "
+                     f"({human_bytes(sum(e.size for e in entries))})")
+    if folders:
+        parts.append(f"{folders} folder{'s' if folders != 1 else ''}")
+    if text is not None:
+        parts.append("a text")
+    return ", ".join(parts) or "nothing"
+
+
+async def cmd_send(ctx: Context) -> int:
+    args = ctx.args
+    text = _check_text(args.text)
+    if args.to is not None:
+        contact = ctx.contacts().get(args.to)  # before reading stdin: fail fast
+    with _sources(ctx) as entries:
+        if args.to is not None:
+            return await _send_to_contact(ctx, contact, entries, text)
+        return await _send_by_code(ctx, entries, text)
+
+
+async def _send_by_code(ctx: Context, entries: list[SourceEntry], text: str | None) -> int:
+    args = ctx.args
+    wait = args.wait if args.wait is not None else ctx.settings.code_wait
+    start = await start_live_send(ctx.reactor, ctx.relay_url)
+    # The code is the one thing the user needs: always shown, even with --quiet.
+    print(f"Sending {_summary(entries, text)}.\nCode phrase: {start.code}\n"
+          f"On the other machine run `relay receive` and type the code.",
+          file=ctx.stderr, flush=True)
+    bar = ctx.progress_bar("send")
+    try:
+        await run_live_send(ctx.reactor, start, entries, text=text, wait=wait, progress=bar,
+                            limit_rate=args.limit_rate,
+                            on_connected=lambda: ctx.say("Connected; sending..."))
+    except NobodyCame:
+        if not args.drop:
+            raise
+        ctx.say(f"Nobody came within {wait:g} s: leaving it as a dead drop instead.")
+        return await _send_drop_code(ctx, entries, text)
+    finally:
+        bar.finish()
+    ctx.say("Sent and verified by the receiver.")
+    return 0
+
+
+async def _send_drop_code(ctx: Context, entries: list[SourceEntry], text: str | None) -> int:
+    drop_code = codes.make_drop_code()
+    drop_sender, drop_recipient = codes.drop_identities(drop_code)
+    client = ctx.mailbox(drop_sender)
+    bar = ctx.progress_bar("drop")
+    try:
+        await send_drop(client, drop_sender, bytes(drop_recipient.public_key), entries,
+                        text=text, progress=bar)
+    finally:
+        bar.finish()
+    print(f"Left on the relay. Give the recipient this drop code (instead of the code "
+          f"phrase):\nDrop code: {drop_code}", file=ctx.stderr, flush=True)
+    return 0
+
+
+async def _send_to_contact(ctx: Context, contact: Contact, entries: list[SourceEntry],
+                           text: str | None) -> int:
+    args = ctx.args
+    identity = ctx.identity()
+    wait = args.wait if args.wait is not None else ctx.settings.offer_wait
+    client = ctx.mailbox(identity.private_key)
+    if wait > 0:
+        start = await start_live_send(ctx.reactor, ctx.relay_url)
+        offer = {"type": OFFER_TYPE, "version": FORMAT_VERSION, "code": start.code,
+                 "expires": time.time() + wait, "summary": _summary(entries, text)}
+        await send_json(client, identity.private_key, contact.public_key, offer, time.time())
+        ctx.say(f"Offered {_summary(entries, text)} to {contact.name}; waiting up to "
+                f"{wait:g} s for their client to take it live...")
+        bar = ctx.progress_bar("send")
+        try:
+            await run_live_send(ctx.reactor, start, entries, text=text, wait=wait,
+                                progress=bar, limit_rate=args.limit_rate,
+                                on_connected=lambda: ctx.say("Connected; sending..."))
+            ctx.say(f"Sent live to {contact.name} and verified.")
+            return 0
+        except NobodyCame:
+            ctx.say(f"{contact.name} did not take it within {wait:g} s: leaving it as a "
+                    f"dead drop.")
+        finally:
+            bar.finish()
+    bar = ctx.progress_bar("drop")
+    try:
+        sent = await send_drop(client, identity.private_key, contact.public_key, entries,
+                               text=text, progress=bar)
+    finally:
+        bar.finish()
+    ctx.say(f"Left {_summary(entries, text)} in {contact.name}'s mailbox "
+            f"({sent.files} file{'s' if sent.files != 1 else ''}); "
+            f"`relay receive` collects it.")
+    return 0
+
+
+async def cmd_message(ctx: Context) -> int:
+    args = ctx.args
+    contact = ctx.contacts().get(args.to)
+    text = " ".join(args.text)
+    if text == STDIN:
+        text = ctx.stdin.read(MAX_TEXT + 1)
+    if not text:
+        raise UsageError("the message is empty")
+    _check_text(text)
+    identity = ctx.identity()
+    client = ctx.mailbox(identity.private_key)
+    payload = box_text(identity.private_key, contact.public_key, text, time.time())
+    await client.upload(h2(contact.public_key), payload)
+    ctx.say(f"Message left for {contact.name}.")
+    return 0
+

@@ -1,0 +1,142 @@
+"""Live transfers: the rendezvous (PAKE, staple) joined to the encrypted records and the
+transfer protocol.
+
+    start = await start_live_send(reactor, url)        # start.code: tell the recipient
+    await run_live_send(reactor, start, entries, wait=300)
+    # elsewhere
+    result = await live_receive(reactor, url, code, root)
+
+The sender waits at most `wait` seconds for the recipient (`NobodyCame` after that, so the
+caller can fall back to a dead drop). Resuming is the transfer protocol's: the recipient
+keeps a partial file and asks for the rest when the same offer comes again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from relay.client import codes
+from relay.client.errors import RelayTimeout, TransferError
+from relay.client.pake import SENDER
+from relay.client.records import DEFAULT_MAX_PAYLOAD, RecordStream, directions_for
+from relay.client.rendezvous import ChannelAPI, SenderStart, Stapled, connect_recipient
+from relay.client.safe_paths import DEFAULT_LIMITS, Overwrite, ReceiveLimits
+from relay.client.transfer import (
+    Progress,
+    ReceiveResult,
+    SourceEntry,
+    receive_files,
+    send_files,
+)
+
+DEFAULT_WAIT = 300.0
+# Long enough for a slow disk on the other side to catch up; a dead peer is found this late.
+RECORD_TIMEOUT = 120.0
+CLOSE_TIMEOUT = 10.0
+# File bytes per record: the largest the receiver's default record cap allows (one byte goes
+# to the transfer's tag). Fewer, bigger records cost less Python per byte.
+CHUNK_SIZE = DEFAULT_MAX_PAYLOAD - 1
+
+
+class NobodyCame(TransferError):
+    """No recipient completed the exchange within the sender's wait."""
+
+
+def open_stream(stapled: Stapled, reactor: Any) -> RecordStream:
+    send_dir, receive_dir = directions_for(stapled.role)
+    stream = RecordStream(send_key=stapled.keys.send_key, send_direction=send_dir,
+                          receive_key=stapled.keys.receive_key, receive_direction=receive_dir,
+                          clock=reactor, read_timeout=RECORD_TIMEOUT,
+                          write_timeout=RECORD_TIMEOUT)
+    stapled.hand_off(stream)
+    return stream
+
+
+async def close_stream(stream: RecordStream, reactor: Any) -> None:
+    stream.close()
+    closed = stream.closed_d
+    if not closed.called:
+        waiter: Deferred[None] = Deferred()
+        closed.addBoth(lambda _: waiter.called or waiter.callback(None))
+        waiter.addTimeout(CLOSE_TIMEOUT, reactor)
+        try:
+            await waiter
+        except Exception:  # noqa: BLE001 - the transfer already succeeded; just stop
+            stream.transport.abortConnection()
+
+
+class Throttled:
+    """A record channel that sends at most `rate` payload bytes per second (--limit-rate)."""
+
+    def __init__(self, inner: RecordStream, rate: float, reactor: Any) -> None:
+        self.inner = inner
+        self.rate = rate
+        self.reactor = reactor
+        self.started: float | None = None
+        self.sent = 0
+
+    async def send(self, payload: bytes) -> None:
+        now = self.reactor.seconds()
+        if self.started is None:
+            self.started = now
+        self.sent += len(payload)
+        ahead = self.started + self.sent / self.rate - now
+        if ahead > 0:
+            await deferLater(self.reactor, ahead)
+        await self.inner.send(payload)
+
+    async def receive(self) -> bytes | None:
+        return await self.inner.receive()
+
+    async def finish(self) -> None:
+        await self.inner.finish()
+
+
+async def start_live_send(reactor: Any, relay_url: str) -> SenderStart:
+    """Join a fresh channel as the sender; the code phrase uses our word list."""
+    api = ChannelAPI(reactor, relay_url)
+    joined = await api.join(SENDER)
+    return SenderStart(api=api, joined=joined, code=codes.make_code(joined.channel))
+
+
+async def run_live_send(reactor: Any, start: SenderStart, entries: list[SourceEntry], *,
+                        text: str | None = None, wait: float = DEFAULT_WAIT,
+                        progress: Progress | None = None,
+                        limit_rate: float | None = None,
+                        on_connected: Callable[[], None] | None = None) -> None:
+    deadline = reactor.seconds() + wait
+    try:
+        stapled = await start.connect(timeout=wait)
+    except RelayTimeout:
+        if reactor.seconds() >= deadline - 1:
+            raise NobodyCame(f"nobody received it within {wait:g} s") from None
+        raise
+    if on_connected is not None:
+        on_connected()
+    stream = open_stream(stapled, reactor)
+    channel: Any = stream if not limit_rate else Throttled(stream, limit_rate, reactor)
+    try:
+        await send_files(channel, entries, text=text, progress=progress, chunk_size=CHUNK_SIZE)
+    finally:
+        await close_stream(stream, reactor)
+
+
+async def live_receive(reactor: Any, relay_url: str, code: str, root: Path, *,
+                       limits: ReceiveLimits = DEFAULT_LIMITS,
+                       overwrite: Overwrite = Overwrite.NEVER,
+                       ask: Callable[[str], bool] | None = None,
+                       confirm_offer: Any = None, progress: Progress | None = None,
+                       timeout: float = DEFAULT_WAIT) -> ReceiveResult:
+    stapled = await connect_recipient(reactor, relay_url, codes.check_code(code),
+                                      timeout=timeout)
+    stream = open_stream(stapled, reactor)
+    try:
+        return await receive_files(stream, root, limits=limits, overwrite=overwrite, ask=ask,
+                                   confirm_offer=confirm_offer, progress=progress)
+    finally:
+        await close_stream(stream, reactor)

@@ -1,0 +1,117 @@
+"""The `relay` command in-process: parsing, settings, exit codes, the small commands."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+
+from relay.client import cli
+from relay.client.cli_context import Context, Settings, UsageError, load_settings
+from relay.client.codes import BadCode
+from relay.client.errors import (
+    ContactError,
+    RelayError,
+    RelayTimeout,
+    TransferError,
+    VerificationError,
+)
+from relay.client.pake import WrongCode
+
+
+def parse(*argv: str):
+    return cli.build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    ["send", "--wait", "-1", "x"], ["send", "--limit-rate", "fast", "x"],
+    ["receive", "--code", "abcd-apple-zebra-oak"],  # codes never come from the command line
+    ["receive", "--mailbox", "--no-mailbox"], ["receive", "--max-files", "0"],
+    ["contacts"], ["message", "hi"], [],
+])
+def test_bad_command_lines_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse(*argv)
+    assert exited.value.code == cli.EXIT_USAGE
+    assert "relay: error:" in capsys.readouterr().err
+
+
+def test_rates_and_sizes_parse():
+    assert parse("send", "--limit-rate", "10M", "x").limit_rate == 10_000_000
+    assert parse("send", "--limit-rate", "1.5kB/s", "x").limit_rate == 1500
+    assert parse("receive", "--max-size", "2G").max_size == 2_000_000_000
+
+
+@pytest.mark.parametrize("error,code", [
+    (UsageError("x"), 2), (BadCode("x"), 2), (ContactError("x"), 2),
+    (RelayError("x", 500), 3), (RelayTimeout("x"), 3), (VerificationError("x"), 4),
+    (TransferError("x"), 1), (WrongCode("x"), 5),
+])
+def test_exit_codes(error, code):
+    assert cli.exit_code_for(error) == code
+
+
+def test_settings_file(tmp_path):
+    assert load_settings(tmp_path) == Settings()
+    (tmp_path / "config.toml").write_text('relay_url = "https://r.example"\noffer_wait = 5\n')
+    assert load_settings(tmp_path) == Settings(relay_url="https://r.example", offer_wait=5)
+    for bad in ["offer_wait = -1", "colour = 1", "relay_url = 3", "= nonsense"]:
+        (tmp_path / "config.toml").write_text(bad)
+        with pytest.raises(UsageError):
+            load_settings(tmp_path)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_settings_file_loads_or_is_a_usage_error(tmp_path, data):
+    (tmp_path / "config.toml").write_bytes(data)
+    try:
+        result = load_settings(tmp_path)
+    except UsageError:
+        return
+    assert isinstance(result, Settings)
+
+
+def make_context(tmp_path, *argv, environ=None):
+    out, err = io.StringIO(), io.StringIO()
+    env = {"RELAY_HOME": str(tmp_path / "home"), **(environ or {})}
+    ctx = Context(args=parse(*argv), reactor=reactor, stdin=io.StringIO(), stdout=out,
+                  stderr=err, environ=env)
+    return ctx, out, err
+
+
+@pytest_twisted.ensureDeferred
+async def test_identity_and_contacts_in_process(tmp_path):
+    ctx, out, err = make_context(tmp_path, "identity")
+    assert await cli.run(ctx) == 0
+    key = out.getvalue().split()[2]
+    assert "Created your identity" in err.getvalue()
+    ctx, out, err = make_context(tmp_path, "contacts", "add", "me", key)
+    assert await cli.run(ctx) == 0
+    ctx, out, err = make_context(tmp_path, "contacts", "add", "\x1bbad", key)
+    assert await cli.run(ctx) == cli.EXIT_USAGE
+    assert err.getvalue().startswith("relay: error:") and "\x1b" not in err.getvalue()
+    ctx, out, err = make_context(tmp_path, "contacts", "remove", "nobody")
+    assert await cli.run(ctx) == cli.EXIT_USAGE and "Traceback" not in err.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relay_url_comes_from_option_environment_config_default(tmp_path):
+    ctx, _, _ = make_context(tmp_path, "inbox")
+    assert ctx.relay_url == cli.DEFAULT_RELAY_URL
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "config.toml").write_text('relay_url = "http://config:1/"\n')
+    ctx, _, _ = make_context(tmp_path, "inbox")
+    assert ctx.relay_url == "http://config:1"
+    ctx, _, _ = make_context(tmp_path, "inbox", environ={"RELAY_URL": "http://env:2"})
+    assert ctx.relay_url == "http://env:2"
+    ctx, _, _ = make_context(tmp_path, "--relay", "http://option:3", "inbox",
+                             environ={"RELAY_URL": "http://env:2"})
+    assert ctx.relay_url == "http://option:3"
+    ctx, _, err = make_context(tmp_path, "--relay", "ftp://x", "inbox")
+    assert await cli.run(ctx) == cli.EXIT_USAGE and "http://" in err.getvalue()
