@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -203,8 +204,9 @@ def relay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RelayProce
         process.stop()
 
 
-def run_scenario(node: str, relay: RelayProcess, scenario: str) -> dict:
-    command = [node, str(SCENARIO), relay.url, scenario, str(relay.difficulty)]
+def run_scenario(node: str, relay: RelayProcess, scenario: str,
+                 extra: tuple[str, ...] = ()) -> dict:
+    command = [node, str(SCENARIO), relay.url, scenario, str(relay.difficulty), *extra]
     try:
         with _node_modules_locked(exclusive=False, timeout=INSTALL_TIMEOUT):
             result = subprocess.run(command, cwd=INTEROP_DIR, capture_output=True, text=True,
@@ -275,3 +277,66 @@ def test_log_check_catches_key_material(tmp_path: Path) -> None:
             assert_log_is_clean(relay, [key] * 10)
     relay.log_path.write_text(fine)
     assert_log_is_clean(relay, [key] * 10)
+
+
+# ---- dead drops between our `relay` command and glow.ts (both ways) ------------------------
+
+def _relay_cli(home: Path, relay: RelayProcess, *args: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("relay")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "relay.client.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update({"RELAY_HOME": str(home), "RELAY_URL": relay.url})
+    result = subprocess.run(command + list(args), capture_output=True, text=True, env=env,
+                            cwd=home.parent, timeout=SCENARIO_TIMEOUT)
+    assert result.returncode == 0, f"relay {' '.join(args)}: {result.stderr}"
+    return result
+
+
+@pytest.mark.slow
+def test_glow_drops(node: str, relay: RelayProcess, tmp_path: Path) -> None:
+    """`relay send --to` drops files for a glow.ts identity, which collects and checks them
+    (paper metadata, secretbox chunks); glow.ts then drops a file and a text for us, which
+    `relay receive` collects, verifies (size, MD5) and writes."""
+    from nacl.public import PrivateKey
+
+    alice_home = tmp_path / "alice-home"
+    alice_pk = _relay_cli(alice_home, relay, "identity").stdout.split()[2]
+    glow_bob = PrivateKey.generate()
+    bob_pk = base64.b64encode(bytes(glow_bob.public_key)).decode()
+    _relay_cli(alice_home, relay, "contacts", "add", "bob", bob_pk)
+
+    outbox = tmp_path / "outbox"
+    (outbox / "docs").mkdir(parents=True)
+    big = os.urandom(1_200_000)  # three chunks at the relay's 500 KiB max_chunk_size
+    (outbox / "report ✓.bin").write_bytes(big)
+    (outbox / "docs" / "notes.md").write_text("# notes\n")
+    os.chmod(outbox / "docs" / "notes.md", 0o640)
+    _relay_cli(alice_home, relay, "send", "--to", "bob", "--wait", "0", "--text", "from python",
+               str(outbox / "report ✓.bin"), str(outbox / "docs"))
+
+    files = []
+    for name, path in [("report ✓.bin", outbox / "report ✓.bin"),
+                       ("docs/notes.md", outbox / "docs" / "notes.md")]:
+        data = path.read_bytes()
+        files.append({"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                      "md5": hashlib.md5(data).hexdigest(),
+                      "attrs": f"{path.stat().st_mode & 0o777:o}"})
+    spec = {"bob_secret": base64.b64encode(bytes(glow_bob)).decode(), "alice_public": alice_pk,
+            "files": files, "expected_messages": len(files) + 1, "text": "from python",
+            "reply_name": "from glow.bin", "reply_size": 700_000, "reply_text": "hello from glow"}
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    result = run_scenario(node, relay, "drops", (str(spec_path),))
+    assert result["ok"] is True
+    assert sorted(r["name"] for r in result["received"]) == sorted(f["name"] for f in files)
+    assert max(r["chunks"] for r in result["received"]) == 3
+
+    inbox = tmp_path / "alice-inbox"
+    received = _relay_cli(alice_home, relay, "receive", "--mailbox", "-o", str(inbox))
+    assert "hello from glow" in received.stdout
+    got = inbox / "from glow.bin"
+    assert hashlib.sha256(got.read_bytes()).hexdigest() == result["reply"]["sha256"]
+    assert got.stat().st_mode & 0o777 == 0o640  # the paper's attrs, as glow's app set it
+    assert int(got.stat().st_mtime) == 1700000001  # and its modified time
+    assert "Nothing waiting" in _relay_cli(alice_home, relay, "inbox").stdout
+    assert_log_is_clean(relay, result["relay_must_not_log"])

@@ -284,10 +284,86 @@ async function filesScenario(url, difficulty) {
   };
 }
 
-const SCENARIOS = { messages: messagesScenario, files: filesScenario };
+// Dead drops between our `relay` command and glow.ts, both ways (tests/test_interop_glow.py,
+// test_glow_drops). The spec file (argv[4]) names glow's identity (bob), our user's public key
+// (alice) and the files alice dropped for bob. bob collects and checks them (the paper's
+// section 3.4.1 metadata, chunks in secretbox under skey), deletes them, then drops a file
+// and a text for alice, which the pytest side collects with `relay receive`.
+const PAPER_FIELDS = ["name", "orig_size", "skey", "md5", "created", "modified", "attrs"];
+
+async function dropsScenario(url, difficulty, specPath) {
+  const spec = JSON.parse(readFileSync(specPath, "utf8"));
+  const bob = await Mailbox.fromSecKey("bob", spec.bob_secret);
+  await bob.keyRing.addGuest("alice", spec.alice_public);
+  const seen = [...await connect(bob, url, difficulty, spec.expected_messages)];
+
+  const inbox = await bob.download(url);
+  const notices = inbox.filter((m) => m.kind === "file");
+  checkEqual(notices.map((m) => m.senderTag), notices.map(() => "alice"), "drop: senders");
+  checkEqual(notices.map((m) => m.data.name).sort(), spec.files.map((f) => f.name).sort(),
+    "drop: file names");
+  const received = [];
+  for (const expected of spec.files) {
+    const notice = notices.find((m) => m.data.name === expected.name);
+    for (const field of PAPER_FIELDS) {
+      check(field in notice.data, `drop: ${expected.name}: metadata has no ${field}`);
+    }
+    checkEqual([notice.data.orig_size, notice.data.md5, notice.data.attrs],
+      [expected.size, expected.md5, expected.attrs], `drop: ${expected.name}: metadata`);
+    check(Number.isInteger(notice.data.modified) && notice.data.modified > 1e9,
+      `drop: ${expected.name}: modified ${notice.data.modified}`);
+    const status = await bob.getFileStatus(url, notice.uploadID);
+    checkEqual(status.status, "COMPLETE", `drop: ${expected.name}: status`);
+    const chunks = [];
+    for (let part = 0; part < status.total_chunks; part++) {
+      const chunk = await bob.downloadFileChunk(url, notice.uploadID, part, notice.data.skey);
+      check(chunk instanceof Uint8Array, `drop: ${expected.name}: chunk ${part} did not open`);
+      chunks.push(chunk);
+    }
+    const bytes = Buffer.concat(chunks);
+    checkEqual(sha256Hex(bytes), expected.sha256, `drop: ${expected.name}: sha256`);
+    checkEqual(createHash("md5").update(bytes).digest("hex"), expected.md5,
+      `drop: ${expected.name}: md5`);
+    checkEqual(await bob.deleteFile(url, notice.uploadID), { status: "OK" },
+      `drop: ${expected.name}: deleteFile`);
+    received.push({ name: expected.name, chunks: status.total_chunks });
+    seen.push(notice.uploadID);
+  }
+  // Our manifest (folders, empty files, the drop's text) is a boxed message glow can read.
+  const manifests = inbox.filter((m) => m.kind === "message").map((m) => JSON.parse(m.data));
+  checkEqual(manifests.map((m) => m.type), ["relay-drop"], "drop: manifest message");
+  checkEqual(manifests[0].text, spec.text, "drop: the drop's text");
+  checkEqual(await bob.delete(url, inbox.map((m) => m.nonce)), 0, "bob: mailbox emptied");
+
+  // bob -> alice: a file with the paper's metadata, and a text.
+  const reply = new Uint8Array(randomBytes(spec.reply_size));
+  const metadata = {
+    name: spec.reply_name, orig_size: reply.length,
+    md5: createHash("md5").update(reply).digest("hex"),
+    created: 1700000000, modified: 1700000001, attrs: "640",
+  };
+  const started = await bob.startFileUpload(url, "alice", metadata);
+  const chunkSize = started.max_chunk_size - SECRETBOX_OVERHEAD;
+  const parts = Math.ceil(reply.length / chunkSize);
+  for (let part = 0; part < parts; part++) {
+    const answer = await bob.uploadFileChunk(url, started.uploadID,
+      reply.subarray(part * chunkSize, (part + 1) * chunkSize), part, parts, started.skey);
+    checkEqual(answer, { status: "OK" }, `reply chunk ${part}`);
+  }
+  seen.push(started.uploadID, started.storage_token);
+  seen.push(await bob.upload(url, "alice", spec.reply_text));
+  return {
+    results: {
+      received, reply: { name: spec.reply_name, sha256: sha256Hex(reply), parts }, difficulty,
+    },
+    seen,
+  };
+}
+
+const SCENARIOS = { messages: messagesScenario, files: filesScenario, drops: dropsScenario };
 
 async function main(argv) {
-  const [url, name, difficultyText] = argv;
+  const [url, name, difficultyText, ...extra] = argv;
   const scenario = SCENARIOS[name];
   const difficulty = Number(difficultyText);
   if (!url || !scenario || !Number.isInteger(difficulty)) {
@@ -296,7 +372,7 @@ async function main(argv) {
   }
   NaCl.setDefaultInstance();
   CryptoStorage.setStorageDriver(new InMemoryStorage());
-  const { results, seen } = await scenario(url.replace(/\/+$/, ""), difficulty);
+  const { results, seen } = await scenario(url.replace(/\/+$/, ""), difficulty, ...extra);
   console.log(JSON.stringify({ scenario: name, ok: true, ...results, relay_must_not_log: seen }));
 }
 
