@@ -6,11 +6,13 @@
 
 Same code as `twistd relay` (relay.rendezvous.service.make_rendezvous on the memory store),
 with the per-IP join limit and the channel cap raised: every benchmark client is on 127.0.0.1.
+The open-file soft limit is raised to the hard limit: a stapled pair holds two sockets.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 from typing import Any
 
 from twisted.internet import task
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--staple", required=True)
     parser.add_argument("--data-path", default="splice", choices=["splice", "copy"])
     args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     task.react(lambda reactor: Deferred.fromCoroutine(serve(reactor, args)))
 
 

@@ -8,7 +8,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 KIT=${KIT:-/work/shared/bench-kit}
 PY_RELAY=${PY_RELAY:-/tmp/venv/bin/python}
 export OUT=${OUT:-/tmp/bench-rendezvous/$(date +%Y%m%d-%H%M%S)}
-export RUNS=${RUNS:-3} SIZES=${SIZES:-"64M 1G"} PAIRS=${PAIRS:-"1000 5000"}
+export RUNS=${RUNS:-3} SIZES=${SIZES:-"64M 1G"} PAIRS=${PAIRS:-"1000 5000 9990"}
 HTTP_PORT=${HTTP_PORT:-4100}
 export STAPLE_HTTP=http://127.0.0.1:$HTTP_PORT
 mkdir -p "$OUT"

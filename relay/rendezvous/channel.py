@@ -84,15 +84,18 @@ class Channel:
 
     # -- serialisation (the store holds opaque bytes) ------------------------------------
     def to_record(self) -> bytes:
-        fields = attrs.asdict(self, recurse=False)
-        del fields["version"]
+        """Compact JSON; fields at their default (empty slots, false flags) are left out."""
         out = {}
-        for key, value in fields.items():
+        for field in attrs.fields(Channel):
+            value = getattr(self, field.name)
+            if field.name == "version" or (field.default is not attrs.NOTHING
+                                           and value == field.default):
+                continue
             if isinstance(value, bytes):
                 value = b64encode(value)
             elif isinstance(value, tuple):
                 value = list(value)
-            out[key] = value
+            out[field.name] = value
         return json.dumps(out, separators=(",", ":")).encode()
 
     @classmethod
@@ -101,7 +104,7 @@ class Channel:
         for key in ("sender_uuid", "recipient_uuid", "x", "y", "hh_k", "h_k"):
             if data.get(key) is not None:
                 data[key] = b64decode(data[key])
-        data["addresses"] = tuple(data["addresses"])
+        data["addresses"] = tuple(data.get("addresses", ()))
         return cls(version=version, **data)
 
     def public_state(self) -> dict[str, Any]:
@@ -227,9 +230,12 @@ def staple_check(channel: Channel | None, role: str, uuid: bytes, address: str,
 
 
 def mark_stapled(channel: Channel | None, now: float) -> Channel:
+    """Stapled. The PAKE slots are dropped: both peers have read them before connecting (a
+    peer staples only after its key confirmation), and a stapled pair may last hours, so its
+    record keeps only what `stapled`, `closed` and authentication need."""
     channel = live(channel, now)
     if channel.closed:
         raise ChannelError(404, "channel is closed")
     if channel.stapled:
         raise ChannelError(409, "channel is already stapled")
-    return attrs.evolve(channel, stapled=True)
+    return attrs.evolve(channel, stapled=True, x=None, y=None, hh_k=None, h_k=None)

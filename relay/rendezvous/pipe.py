@@ -23,14 +23,19 @@ READ_SIZE = 256 * 1024
 
 
 def link(a: StapleProtocol, b: StapleProtocol, idle_timeout: float,
-         clock: IReactorTime, data_path: str = "copy") -> None:
+         clock: IReactorTime, data_path: str = "copy",
+         owner: splice.SpliceOwner | None = None) -> splice.SplicePair | None:
+    """Start moving bytes between a and b. On the splice path the sockets leave a and b
+    (and their transports) for a SplicePair, which is returned; on the copy path a and b
+    stay the pair (None is returned)."""
+    if (data_path == "splice" and splice.AVAILABLE and idle_timeout <= 0
+            and owner is not None and a.channel_name is not None):
+        to_a, to_b = b"ok\n" + b.leftover, b"ok\n" + a.leftover
+        pair = splice.SplicePair(splice.take_socket(a), splice.take_socket(b), clock, owner,
+                                 a.channel_name)
+        pair.start(to_a, to_b)
+        return pair
     a.partner, b.partner = b, a
-    if data_path == "splice" and splice.AVAILABLE and idle_timeout <= 0:
-        pair = splice.SplicePair(a, b, clock)
-        first = {a: b"ok\n" + b.leftover, b: b"ok\n" + a.leftover}
-        a.leftover = b.leftover = b""
-        pair.start(first)
-        return
     for this in (a, b):
         this.transport.bufferSize = READ_SIZE
         this.transport.write(b"ok\n")
@@ -44,6 +49,7 @@ def link(a: StapleProtocol, b: StapleProtocol, idle_timeout: float,
     else:
         a.dataReceived = b.transport.write  # type: ignore[method-assign]
         b.dataReceived = a.transport.write  # type: ignore[method-assign]
+    return None
 
 
 class _IdleWatch:

@@ -22,6 +22,7 @@ from relay.config import RendezvousConfig
 from relay.rendezvous.channel import ROLES, UUID_LEN, ChannelError, valid_name
 from relay.rendezvous.pipe import link
 from relay.rendezvous.registry import ChannelRegistry
+from relay.rendezvous.splice import PipePool, SplicePair
 from relay.store.errors import StoreError
 
 log = Logger(namespace="relay.staple")
@@ -149,7 +150,10 @@ class StapleListener(Factory):
         self.clock = clock
         self.unpaired: set[StapleProtocol] = set()
         self.waiting: dict[str, dict[str, StapleProtocol]] = {}
-        self.pairs: set[StapleProtocol] = set()
+        # Linked pairs: a SplicePair per pair on the splice path (the protocols and their
+        # transports are gone), both StapleProtocols on the copy path.
+        self.pairs: set[StapleProtocol | SplicePair] = set()
+        self.pipes = PipePool()
         # Unidentified and waiting connections together (each channel has two peers).
         self.max_unpaired = 2 * config.max_channels + 64
 
@@ -187,9 +191,13 @@ class StapleListener(Factory):
             return
         for peer in (conn, partner):
             self.unpaired.discard(peer)
-        self.pairs.update((conn, partner))
         log.info("stapled a pair")
-        link(conn, partner, self.config.idle_timeout, self.clock, self.config.data_path)
+        spliced = link(conn, partner, self.config.idle_timeout, self.clock,
+                       self.config.data_path, self)
+        if spliced is None:
+            self.pairs.update((conn, partner))
+        elif not spliced.closed:
+            self.pairs.add(spliced)
 
     def leave(self, conn: StapleProtocol) -> None:
         name = conn.channel_name
@@ -205,12 +213,23 @@ class StapleListener(Factory):
         self.pairs.discard(conn)
         self.pairs.discard(partner)
         if conn.channel_name is not None:
-            Deferred.fromCoroutine(self.registry.close(conn.channel_name)).addErrback(
-                lambda f: log.warn("closing a finished channel failed: {e}", e=f.value))
+            self._close_channel(conn.channel_name)
+
+    def splice_ended(self, pair: SplicePair) -> None:
+        self.pairs.discard(pair)
+        self._close_channel(pair.name)
+
+    def _close_channel(self, name: str) -> None:
+        Deferred.fromCoroutine(self.registry.close(name)).addErrback(
+            lambda f: log.warn("closing a finished channel failed: {e}", e=f.value))
 
     def drop_all(self) -> None:
         """Shutdown: close every connection this listener holds."""
-        for conn in list(self.unpaired) + list(self.pairs):
-            conn.cancel_timer()
-            if conn.transport is not None:
-                conn.transport.abortConnection()
+        for item in list(self.unpaired) + list(self.pairs):
+            if isinstance(item, SplicePair):
+                item.close(abort=True)
+                continue
+            item.cancel_timer()
+            if item.transport is not None:
+                item.transport.abortConnection()
+        self.pipes.close()

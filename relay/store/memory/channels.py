@@ -1,4 +1,9 @@
-"""Rendezvous channels and join counters in process memory."""
+"""Rendezvous channels and join counters in process memory.
+
+Sized for many long-lived channels (every stapled pair keeps one until it ends): a change
+that keeps a channel's deadline, and every count after a window's first, update the stored
+entry in place, so the expiry heap holds one row per entry rather than one per change.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,34 @@ from collections.abc import Callable
 from relay.store.errors import StoreFull
 from relay.store.memory.expiring import ExpiringMap
 
+# Deadlines closer than this are "the same": a replace recomputes the channel's unchanged
+# deadline from its ttl, a few microseconds off on a real clock.
+SAME_DEADLINE = 1.0
+
+
+class _Stored:
+    __slots__ = ("record", "version", "deadline")
+
+    def __init__(self, record: bytes, version: int, deadline: float) -> None:
+        self.record = record
+        self.version = version
+        self.deadline = deadline
+
+
+class _Count:
+    __slots__ = ("hits",)
+
+    def __init__(self) -> None:
+        self.hits = 0
+
 
 class MemoryChannelStore:
     shared = False
 
     def __init__(self, seconds: Callable[[], float]) -> None:
         self._seconds = seconds
-        self.channels: ExpiringMap[str, tuple[bytes, int]] = ExpiringMap(seconds)
-        self.hits: ExpiringMap[tuple[str, int], int] = ExpiringMap(seconds)
+        self.channels: ExpiringMap[str, _Stored] = ExpiringMap(seconds)
+        self.hits: ExpiringMap[tuple[str, int], _Count] = ExpiringMap(seconds)
 
     async def create(self, name: str, record: bytes, ttl: float, max_channels: int) -> bool:
         if self.channels.get(name) is not None:
@@ -23,29 +48,37 @@ class MemoryChannelStore:
             self.channels.sweep()  # expired entries still count until swept
             if len(self.channels) >= max_channels:
                 raise StoreFull("too many open channels")
-        self.channels.put(name, (record, 1), ttl)
+        self.channels.put(name, _Stored(record, 1, self._seconds() + ttl), ttl)
         return True
 
     async def load(self, name: str) -> tuple[bytes, int] | None:
-        return self.channels.get(name)
+        stored = self.channels.get(name)
+        return None if stored is None else (stored.record, stored.version)
 
     async def replace(self, name: str, version: int, record: bytes, ttl: float) -> bool:
-        current = self.channels.get(name)
-        if current is None or current[1] != version:
+        stored = self.channels.get(name)
+        if stored is None or stored.version != version:
             return False
         if ttl <= 0:
             self.channels.pop(name)
+            return True
+        deadline = self._seconds() + ttl
+        if abs(deadline - stored.deadline) < SAME_DEADLINE:
+            stored.record, stored.version = record, version + 1
         else:
-            self.channels.put(name, (record, version + 1), ttl)
+            self.channels.put(name, _Stored(record, version + 1, deadline), ttl)
         return True
 
     async def count_hit(self, key: str, window: float) -> int:
         now = self._seconds()
         index = int(now // window)
         slot = (key, index)
-        count = (self.hits.get(slot) or 0) + 1
-        self.hits.put(slot, count, (index + 1) * window - now)
-        return count
+        count = self.hits.get(slot)
+        if count is None:
+            count = _Count()
+            self.hits.put(slot, count, (index + 1) * window - now)
+        count.hits += 1
+        return count.hits
 
     def sweep(self) -> None:
         self.channels.sweep()
