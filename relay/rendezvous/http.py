@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -49,9 +49,16 @@ def _read_body(request: Request, cap: int) -> bytes:
     return body
 
 
+# What an endpoint does with a request: (request, body, client address) -> the JSON answer.
+Handler = Callable[[Request, bytes, str], Awaitable[dict[str, Any]]]
+
+
 class _JSONResource(Resource):
+    """POST-only JSON endpoint: the shared framing; `handle` is the endpoint's own work."""
+
     isLeaf = True
     endpoint = ""
+    handle: Handler
 
     def __init__(self, config: RelayConfig, registry: ChannelRegistry) -> None:
         super().__init__()
@@ -107,11 +114,8 @@ class _JSONResource(Resource):
         d.addCallbacks(succeeded, failed)
         return NOT_DONE_YET
 
-    async def handle(self, request: Request, body: bytes, address: str) -> dict[str, Any]:
-        raise NotImplementedError
-
     def _log(self, status: int, detail: str, started: float) -> None:
-        log.debug("{endpoint} {status} {detail} {ms:.1f}ms", endpoint=self.endpoint,
+        log.info("{endpoint} {status} {detail} {ms:.1f}ms", endpoint=self.endpoint,
                   status=status, detail=detail, ms=1000 * (time.monotonic() - started))
 
 
