@@ -18,27 +18,22 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.relay_process import RelayProcess
+
 INTEROP_DIR = Path(__file__).parent / "interop"
 SCENARIO = INTEROP_DIR / "glow_scenario.mjs"
 
 INSTALL_TIMEOUT = 300.0
-RELAY_START_TIMEOUT = 30.0
-RELAY_STOP_TIMEOUT = 10.0
 SCENARIO_TIMEOUT = 120.0
-# The free port is picked before twistd binds it; another process may take it in between.
-LAUNCH_ATTEMPTS = 3
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -96,107 +91,28 @@ def node() -> str:
     return node
 
 
-def _twistd() -> list[str]:
-    """The twistd of the Python running the tests (the venv the relay is installed in)."""
-    sibling = Path(sys.executable).with_name("twistd")
-    if sibling.exists():
-        return [str(sibling)]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    """Whether the relay answers HTTP at all (an empty /start_session is a 4xx)."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(url + "/start_session", data=b""),
-                               timeout=2)
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-class RelayProcess:
-    """One `twistd -n relay` on a free loopback port; its whole log goes to a file."""
+class GlowRelay(RelayProcess):
+    """A real relay for glow.ts: its difficulty, store, and a files directory of its own."""
 
     def __init__(self, workdir: Path, difficulty: int, store_url: str = "memory") -> None:
-        self.workdir = workdir
         self.difficulty = difficulty
-        self.store_url = store_url
         self.files_dir = workdir / "files"
-        self.log_path = workdir / "relay.log"
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        for _ in range(LAUNCH_ATTEMPTS):
-            port = _free_port()
-            self.url = f"http://127.0.0.1:{port}"
-            self._launch(port)
-            if self._wait_until_answering():
-                return
-            if "Address already in use" not in self.log():
-                break
-        pytest.fail(f"the relay did not start:\n{_tail(self.log())}")
-
-    def _launch(self, port: int) -> None:
-        command = _twistd() + [
-            "-n", "--pidfile=", "relay",
-            "--port", f"tcp:{port}:interface=127.0.0.1",
-            "--difficulty", str(self.difficulty),
-            "--store", self.store_url,
-            # No fixed ports and nothing written outside this test's directory.
-            "--staple", "tcp:0:interface=127.0.0.1",
-            "--files-dir", str(self.files_dir),
-        ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=self.workdir, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def _wait_until_answering(self) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + RELAY_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            if _answers(self.url):
-                return True
-            time.sleep(0.1)
-        self.stop()
-        return False
-
-    def stop(self) -> None:
-        """Stop the relay (SIGTERM, then SIGKILL) and wait for it; safe to call twice."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(RELAY_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(RELAY_STOP_TIMEOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        # A staple listener on a free port: no fixed ports, nothing outside workdir.
+        super().__init__(workdir, ["--difficulty", str(difficulty), "--store", store_url,
+                                   "--files-dir", str(self.files_dir)], staple=True)
 
 
 # (difficulty, store): both difficulties the issue asks for, and the Redis back-end once.
 @pytest.fixture(params=[(0, "memory"), (8, "memory"), (0, "redis")],
                 ids=["difficulty0", "difficulty8", "difficulty0-redis"])
-def relay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RelayProcess]:
+def relay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GlowRelay]:
     difficulty, store = request.param
     store_url = "memory"
     if store == "redis":
         redis = request.getfixturevalue("redis_server")  # tests/conftest.py, one per run
         redis.flush()
         store_url = redis.url
-    process = RelayProcess(tmp_path, difficulty, store_url)
+    process = GlowRelay(tmp_path, difficulty, store_url)
     try:
         process.start()
         yield process
@@ -204,7 +120,7 @@ def relay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RelayProce
         process.stop()
 
 
-def run_scenario(node: str, relay: RelayProcess, scenario: str,
+def run_scenario(node: str, relay: GlowRelay, scenario: str,
                  extra: tuple[str, ...] = ()) -> dict:
     command = [node, str(SCENARIO), relay.url, scenario, str(relay.difficulty), *extra]
     try:
@@ -227,7 +143,7 @@ def _spellings(b64_value: str) -> set[str]:
     return {b64_value, urlsafe, urlsafe.rstrip("="), raw.hex(), raw.hex().upper()}
 
 
-def assert_log_is_clean(relay: RelayProcess, must_not_log: list[str]) -> None:
+def assert_log_is_clean(relay: GlowRelay, must_not_log: list[str]) -> None:
     relay.stop()  # the whole log is on disk once twistd has exited
     log = relay.log()
     assert re.search(r"\] /command 200\b", log), f"the relay logged no commands:\n{_tail(log)}"
@@ -242,7 +158,7 @@ def assert_log_is_clean(relay: RelayProcess, must_not_log: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_glow_messages(node: str, relay: RelayProcess) -> None:
+def test_glow_messages(node: str, relay: GlowRelay) -> None:
     """Two glow.ts identities: handshake, upload, count, download, messageStatus, delete."""
     result = run_scenario(node, relay, "messages")
     assert result["ok"] is True
@@ -252,7 +168,7 @@ def test_glow_messages(node: str, relay: RelayProcess) -> None:
 
 
 @pytest.mark.slow
-def test_glow_files(node: str, relay: RelayProcess) -> None:
+def test_glow_files(node: str, relay: GlowRelay) -> None:
     """glow.ts uploads a multi-chunk file, the other identity downloads it byte-identical and
     deletes it."""
     result = run_scenario(node, relay, "files")
@@ -271,7 +187,7 @@ def test_log_check_catches_key_material(tmp_path: Path) -> None:
     key = base64.b64encode(bytes(range(200, 232))).decode()
     fine = "2026-01-01T00:00:00+0000 [relay.http#info] /command 200 count c8c9cacb 0.3ms\n"
     for logged in [key, _spellings(key).pop(), bytes(range(200, 232)).hex()]:
-        relay = RelayProcess(tmp_path, 0)
+        relay = GlowRelay(tmp_path, 0)
         relay.log_path.write_text(fine + f"[relay#info] hpk {logged}\n")
         with pytest.raises(AssertionError, match="key material"):
             assert_log_is_clean(relay, [key] * 10)
@@ -281,7 +197,7 @@ def test_log_check_catches_key_material(tmp_path: Path) -> None:
 
 # ---- dead drops between our `relay` command and glow.ts (both ways) ------------------------
 
-def _relay_cli(home: Path, relay: RelayProcess, *args: str) -> subprocess.CompletedProcess:
+def _relay_cli(home: Path, relay: GlowRelay, *args: str) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("relay")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "relay.client.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
@@ -293,7 +209,7 @@ def _relay_cli(home: Path, relay: RelayProcess, *args: str) -> subprocess.Comple
 
 
 @pytest.mark.slow
-def test_glow_drops(node: str, relay: RelayProcess, tmp_path: Path) -> None:
+def test_glow_drops(node: str, relay: GlowRelay, tmp_path: Path) -> None:
     """`relay send --to` drops files for a glow.ts identity, which collects and checks them
     (paper metadata, secretbox chunks); glow.ts then drops a file and a text for us, which
     `relay receive` collects, verifies (size, MD5) and writes."""
