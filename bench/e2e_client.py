@@ -7,8 +7,9 @@ relay, next to the same relay's raw stapled throughput (the bench kit), in one r
 One `twistd relay` (memory store, splice data path) on free loopback ports serves both parts:
 1. the kit's throughput.py through the staple handshake plug-in (bench/staple_handshake.py):
    bytes through the relay with no crypto, no disk: the ceiling;
-2. the `relay` command: the sender reads the file, hashes it and seals 64 KiB records; the
-   receiver opens them, hashes, writes and fsyncs, and renames the file into place.
+2. the `relay` command: the sender reads and hashes the file in worker threads and seals
+   1 MiB AES-256-GCM records; the receiver opens them, hashes and writes in worker threads,
+   fsyncs, and renames the file into place.
 For each client run: MB/s (10^6 bytes per second over the receiver's whole run: process
 start, PAKE, transfer, fsync), CPU seconds and peak RSS of each end (wait4), and the relay's
 CPU. Prints a markdown table and appends JSON lines to OUT/e2e.jsonl.

@@ -34,6 +34,7 @@ from relay.client.errors import (
     RelayError,
     VerificationError,
 )
+from relay.client.heap import keep_big_buffers
 from relay.client.home import ENV_HOME
 from relay.client.pake import CodeError, WrongCode
 from relay.client.safe_paths import printable_name
@@ -257,6 +258,7 @@ async def run(ctx: Context) -> int:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
+    keep_big_buffers()  # fewer page faults per record of a live transfer (see heap.py)
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 

@@ -22,7 +22,7 @@ from relay.client.contacts import Contact
 from relay.client.drop import send_drop
 from relay.client.errors import TransferError
 from relay.client.inbox import FORMAT_VERSION, OFFER_TYPE, box_text, send_json
-from relay.client.live import NobodyCame, run_live_send, start_live_send
+from relay.client.live import NobodyCame, effective_wait, run_live_send, start_live_send
 from relay.client.progress import human_bytes
 from relay.client.safe_paths import check_relative_name, printable_name
 from relay.client.transfer import MAX_TEXT, SourceEntry, collect_sources
@@ -108,11 +108,14 @@ async def cmd_send(ctx: Context) -> int:
 
 async def _send_by_code(ctx: Context, entries: list[SourceEntry], text: str | None) -> int:
     args = ctx.args
-    wait = args.wait if args.wait is not None else ctx.settings.code_wait
+    asked = args.wait if args.wait is not None else ctx.settings.code_wait
     start = await start_live_send(ctx.reactor, ctx.relay_url)
+    # Never longer than the relay keeps the channel: a code is useless after that.
+    wait = effective_wait(ctx.reactor, start, asked)
     # The code is the one thing the user needs: always shown, even with --quiet.
     print(f"Sending {_summary(entries, text)}.\nCode phrase: {start.code}\n"
-          f"On the other machine run `relay receive` and type the code.",
+          f"On the other machine run `relay receive` and type the code "
+          f"(within {_duration(wait)}{_cut_note(asked, wait)}).",
           file=ctx.stderr, flush=True)
     bar = ctx.progress_bar("send")
     try:
@@ -122,12 +125,21 @@ async def _send_by_code(ctx: Context, entries: list[SourceEntry], text: str | No
     except NobodyCame:
         if not args.drop:
             raise
-        ctx.say(f"Nobody came within {wait:g} s: leaving it as a dead drop instead.")
+        ctx.say(f"Nobody came within {_duration(wait)}: leaving it as a dead drop instead.")
         return await _send_drop_code(ctx, entries, text)
     finally:
         bar.finish()
     ctx.say("Sent and verified by the receiver.")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{round(seconds) if seconds >= 10 else round(seconds, 1):g} s"
+
+
+def _cut_note(asked: float, wait: float) -> str:
+    """Why the wait is shorter than asked for, if it is."""
+    return ", when the relay's channel expires" if wait < asked - 0.5 else ""
 
 
 async def _send_drop_code(ctx: Context, entries: list[SourceEntry], text: str | None) -> int:
@@ -153,11 +165,13 @@ async def _send_to_contact(ctx: Context, contact: Contact, entries: list[SourceE
     client = ctx.mailbox(identity.private_key)
     if wait > 0:
         start = await start_live_send(ctx.reactor, ctx.relay_url)
+        asked, wait = wait, effective_wait(ctx.reactor, start, wait)
         offer = {"type": OFFER_TYPE, "version": FORMAT_VERSION, "code": start.code,
                  "expires": time.time() + wait, "summary": _summary(entries, text)}
         await send_json(client, identity.private_key, contact.public_key, offer, time.time())
         ctx.say(f"Offered {_summary(entries, text)} to {contact.name}; waiting up to "
-                f"{wait:g} s for their client to take it live...")
+                f"{_duration(wait)}{_cut_note(asked, wait)} for their client to take it "
+                f"live...")
         bar = ctx.progress_bar("send")
         try:
             await run_live_send(ctx.reactor, start, entries, text=text, wait=wait,
@@ -166,8 +180,8 @@ async def _send_to_contact(ctx: Context, contact: Contact, entries: list[SourceE
             ctx.say(f"Sent live to {contact.name} and verified.")
             return 0
         except NobodyCame:
-            ctx.say(f"{contact.name} did not take it within {wait:g} s: leaving it as a "
-                    f"dead drop.")
+            ctx.say(f"{contact.name} did not take it within {_duration(wait)}: leaving it as "
+                    f"a dead drop.")
         finally:
             bar.finish()
     bar = ctx.progress_bar("drop")

@@ -8,6 +8,10 @@ under skey with a random nonce. Last, a boxed `relay-drop` manifest message list
 entry (folders and empty files too, which the file API cannot carry) with the uploadIDs;
 it goes last so that a receiver that sees the manifest knows every file is complete.
 
+Chunks go up and come down with up to CHUNKS_IN_FLIGHT requests at a time (the relay takes
+the parts of an upload in any order; a download is written in order as the parts arrive),
+so a transfer is not one round trip per chunk.
+
 Collecting (`Collector`): a drop is taken only once its manifest is complete; every name is
 checked (relay/client/safe_paths.py) and every target cleared against the overwrite policy
 before anything is written; each file is written to a hidden partial file, its chunks opened
@@ -23,6 +27,7 @@ import json
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ import attrs
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.secret import SecretBox
+from twisted.internet.defer import Deferred
 
 from relay.client.errors import (
     FileNotFoundOnRelay,
@@ -59,6 +65,9 @@ ENTRIES_PER_MANIFEST = 400
 MAX_MANIFEST_PARTS = 1000
 DEFAULT_FILE_MODE = 0o644
 _READ = 1024 * 1024
+# Chunk requests in flight per file, each way: enough to hide a round trip, few enough to
+# keep memory (about this many chunks, 500 KiB each) and the relay's load small.
+CHUNKS_IN_FLIGHT = 4
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DROP_ID = re.compile(r"[A-Za-z0-9+/=]{1,64}")
@@ -164,6 +173,7 @@ async def _upload_file(client: MailboxClient, box: Box, to_hpk: bytes, path: Pat
     secretbox = SecretBox(skey)
     sent = 0
     part = 0
+    in_flight: deque[tuple[Deferred[None], int]] = deque()  # (upload, bytes sent with it)
     try:
         with open(path, "rb") as f:
             while sent < size:
@@ -172,13 +182,33 @@ async def _upload_file(client: MailboxClient, box: Box, to_hpk: bytes, path: Pat
                     raise TransferError(f"{printable_name(str(path))} shrank while sending")
                 sealed = secretbox.encrypt(block)
                 sent += len(block)
-                await client.upload_file_chunk(started.upload_id, part, sealed.nonce,
-                                               sealed.ciphertext, last_chunk=sent >= size)
+                in_flight.append((Deferred.fromCoroutine(client.upload_file_chunk(
+                    started.upload_id, part, sealed.nonce, sealed.ciphertext,
+                    last_chunk=sent >= size)), sent))
                 part += 1
-                progress(sent)
+                if len(in_flight) >= CHUNKS_IN_FLIGHT:
+                    await _oldest_done(in_flight, progress)
+            while in_flight:
+                await _oldest_done(in_flight, progress)
     except OSError as e:
         raise TransferError(f"cannot read {printable_name(str(path))}: {e.strerror}") from None
+    finally:
+        _abandon(request for request, _ in in_flight)
     return started.upload_id
+
+
+async def _oldest_done(in_flight: deque[tuple[Deferred[None], int]],
+                       progress: Callable[[int], Any]) -> None:
+    request, sent = in_flight.popleft()
+    await request
+    progress(sent)
+
+
+def _abandon(requests: Any) -> None:
+    """Cancel requests nobody will wait for, and keep their failures out of the log."""
+    for request in list(requests):
+        request.addErrback(lambda _failure: None)
+        request.cancel()
 
 
 # ---- collecting ----------------------------------------------------------------------------
@@ -451,21 +481,30 @@ class Collector:
             raise VerificationError(f"{name}: the relay reports a bad number of chunks")
         secretbox = SecretBox(item.skey)
         written = 0
-        for part in range(chunks):
-            nonce, ciphertext = await self.client.download_file_chunk(item.upload_id, part)
-            try:
-                block = secretbox.decrypt(ciphertext, nonce)
-            except (CryptoError, ValueError):
-                raise VerificationError(f"{name}: chunk {part} does not decrypt") from None
-            if written + len(block) > item.size:
-                raise VerificationError(f"{name}: more data than its declared "
-                                        f"{item.size} bytes")
-            f.write(block)
-            sha.update(block)
-            md5.update(block)
-            written += len(block)
-            if self.progress is not None:
-                self.progress("/".join(item.parts), done + written, total)
+        in_flight: deque[Deferred[tuple[bytes, bytes]]] = deque()
+        next_part = 0
+        try:
+            for part in range(chunks):
+                while next_part < chunks and len(in_flight) < CHUNKS_IN_FLIGHT:
+                    in_flight.append(Deferred.fromCoroutine(
+                        self.client.download_file_chunk(item.upload_id, next_part)))
+                    next_part += 1
+                nonce, ciphertext = await in_flight.popleft()
+                try:
+                    block = secretbox.decrypt(ciphertext, nonce)
+                except (CryptoError, ValueError):
+                    raise VerificationError(f"{name}: chunk {part} does not decrypt") from None
+                if written + len(block) > item.size:
+                    raise VerificationError(f"{name}: more data than its declared "
+                                            f"{item.size} bytes")
+                f.write(block)
+                sha.update(block)
+                md5.update(block)
+                written += len(block)
+                if self.progress is not None:
+                    self.progress("/".join(item.parts), done + written, total)
+        finally:
+            _abandon(in_flight)
         return written
 
     async def _delete(self, planned: list[_Planned], message_ids: list[bytes]) -> None:

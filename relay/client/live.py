@@ -6,9 +6,10 @@ transfer protocol.
     # elsewhere
     result = await live_receive(reactor, url, code, root)
 
-The sender waits at most `wait` seconds for the recipient (`NobodyCame` after that, so the
-caller can fall back to a dead drop). Resuming is the transfer protocol's: the recipient
-keeps a partial file and asks for the rest when the same offer comes again.
+The sender waits at most `wait` seconds for the recipient, and never past the life of the
+relay's channel (`expires_in` from /join): `NobodyCame` after that, so the caller can fall
+back to a dead drop. Resuming is the transfer protocol's: the recipient keeps a partial file
+and asks for the rest when the same offer comes again.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from relay.client import codes
 from relay.client.errors import RelayTimeout, TransferError
 from relay.client.pake import SENDER
-from relay.client.records import DEFAULT_MAX_PAYLOAD, RecordStream, directions_for
+from relay.client.records import DEFAULT_MAX_PAYLOAD, Record, RecordStream, directions_for
 from relay.client.rendezvous import ChannelAPI, SenderStart, Stapled, connect_recipient
 from relay.client.safe_paths import DEFAULT_LIMITS, Overwrite, ReceiveLimits
 from relay.client.transfer import (
@@ -38,9 +40,12 @@ DEFAULT_WAIT = 300.0
 # Long enough for a slow disk on the other side to catch up; a dead peer is found this late.
 RECORD_TIMEOUT = 120.0
 CLOSE_TIMEOUT = 10.0
-# File bytes per record: the largest the receiver's default record cap allows (one byte goes
-# to the transfer's tag). Fewer, bigger records cost less Python per byte.
-CHUNK_SIZE = DEFAULT_MAX_PAYLOAD - 1
+# File bytes per record: the largest the receiver's default record cap allows. Fewer,
+# bigger records cost less Python per byte.
+CHUNK_SIZE = DEFAULT_MAX_PAYLOAD
+# The sender stops waiting this long before the relay's channel expires, so that it gives up
+# (and can fall back to a dead drop) before a recipient would find the channel gone.
+EXPIRY_MARGIN = 5.0
 
 
 class NobodyCame(TransferError):
@@ -80,7 +85,7 @@ class Throttled:
         self.started: float | None = None
         self.sent = 0
 
-    async def send(self, payload: bytes) -> None:
+    async def send(self, kind: int, payload: bytes) -> None:
         now = self.reactor.seconds()
         if self.started is None:
             self.started = now
@@ -88,27 +93,58 @@ class Throttled:
         ahead = self.started + self.sent / self.rate - now
         if ahead > 0:
             await deferLater(self.reactor, ahead)
-        await self.inner.send(payload)
+        await self.inner.send(kind, payload)
 
-    async def receive(self) -> bytes | None:
+    async def receive(self) -> Record | None:
         return await self.inner.receive()
 
     async def finish(self) -> None:
         await self.inner.finish()
 
 
-async def start_live_send(reactor: Any, relay_url: str) -> SenderStart:
+@attrs.frozen
+class LiveStart:
+    """A sender's joined channel: the code phrase to show, and until when the relay keeps
+    the channel (reactor seconds)."""
+
+    sender: SenderStart
+    channel_expires_at: float
+
+    @property
+    def code(self) -> str:
+        return self.sender.code
+
+    def time_left(self, reactor: Any) -> float:
+        """Seconds a recipient may still come (the channel's life, less a margin)."""
+        return max(0.0, self.channel_expires_at - EXPIRY_MARGIN - reactor.seconds())
+
+    async def connect(self, timeout: float) -> Stapled:
+        return await self.sender.connect(timeout=timeout)
+
+
+async def start_live_send(reactor: Any, relay_url: str) -> LiveStart:
     """Join a fresh channel as the sender; the code phrase uses our word list."""
     api = ChannelAPI(reactor, relay_url)
+    joined_at = reactor.seconds()
     joined = await api.join(SENDER)
-    return SenderStart(api=api, joined=joined, code=codes.make_code(joined.channel))
+    sender = SenderStart(api=api, joined=joined, code=codes.make_code(joined.channel))
+    return LiveStart(sender, joined_at + joined.expires_in)
 
 
-async def run_live_send(reactor: Any, start: SenderStart, entries: list[SourceEntry], *,
+def effective_wait(reactor: Any, start: LiveStart, wait: float) -> float:
+    """How long the sender will wait: `wait`, cut to what is left of the channel's life."""
+    return min(wait, start.time_left(reactor))
+
+
+async def run_live_send(reactor: Any, start: LiveStart, entries: list[SourceEntry], *,
                         text: str | None = None, wait: float = DEFAULT_WAIT,
                         progress: Progress | None = None,
                         limit_rate: float | None = None,
                         on_connected: Callable[[], None] | None = None) -> None:
+    """Wait for the recipient (see effective_wait), then send. NobodyCame when nobody did."""
+    wait = effective_wait(reactor, start, wait)
+    if wait <= 0:
+        raise NobodyCame("the relay's channel expired before anyone came")
     deadline = reactor.seconds() + wait
     try:
         stapled = await start.connect(timeout=wait)
@@ -121,7 +157,8 @@ async def run_live_send(reactor: Any, start: SenderStart, entries: list[SourceEn
     stream = open_stream(stapled, reactor)
     channel: Any = stream if not limit_rate else Throttled(stream, limit_rate, reactor)
     try:
-        await send_files(channel, entries, text=text, progress=progress, chunk_size=CHUNK_SIZE)
+        await send_files(channel, entries, text=text, progress=progress, chunk_size=CHUNK_SIZE,
+                         reactor=reactor)
     finally:
         await close_stream(stream, reactor)
 
@@ -137,6 +174,7 @@ async def live_receive(reactor: Any, relay_url: str, code: str, root: Path, *,
     stream = open_stream(stapled, reactor)
     try:
         return await receive_files(stream, root, limits=limits, overwrite=overwrite, ask=ask,
-                                   confirm_offer=confirm_offer, progress=progress)
+                                   confirm_offer=confirm_offer, progress=progress,
+                                   reactor=reactor)
     finally:
         await close_stream(stream, reactor)

@@ -1,29 +1,35 @@
 """End-to-end encrypted records over a byte stream (the stapled connection).
 
-A record on the wire is a 4-byte big-endian length, then that many bytes of
-XChaCha20-Poly1305 ciphertext (the length bytes are the associated data). The plaintext is a
-kind byte (DATA or FINAL) and the payload. Nonces are not sent: each direction counts its
-records from 0 and the nonce is (direction byte, zeros, 8-byte counter), so a dropped,
-replayed, reordered or reflected record fails to open. The FINAL record ends a direction;
-a stream that ends without it was truncated. Each direction has its own key; the direction
-byte keeps nonces apart even if a caller passes the same key for both.
+A record on the wire is a 5-byte header, a 4-byte big-endian ciphertext length and a kind
+byte, then that many bytes of AES-256-GCM ciphertext of the payload (the header is the
+associated data, so the kind is authenticated too). Nonces are not sent: each direction
+counts its records from 0 and the 12-byte nonce is (direction byte, 3 zero bytes, 8-byte
+counter), so a dropped, replayed, reordered or reflected record fails to open. Kind 0
+(FINAL, empty) ends a direction; a stream that ends without it was truncated. Every other
+kind is the upper layer's (the transfer's JSON and file data). Each direction has its own
+key; the direction byte keeps nonces apart even if a caller passes the same key for both.
+
+Why AES-256-GCM through `cryptography` (OpenSSL): with AES-NI/VAES it seals about 8 GB/s
+per core here, against about 1 GB/s for PyNaCl's XChaCha20-Poly1305, and it releases the GIL.
+The nonces are counters under a fresh key per direction and transfer, so GCM's short nonce
+is never reused; 1 TiB under one key is 2^36 blocks, far inside GCM's bounds.
+(`ChaCha20Poly1305` from the same module is a drop-in swap, about 3 GB/s, for hosts
+without AES instructions.)
 
 `RecordSealer`/`RecordOpener` are the pure codec; `RecordStream` is the Twisted protocol that
-runs them over a transport with backpressure both ways and a timeout on every read.
+runs them over a transport with backpressure both ways and a timeout on every read. The
+opener parses in place: arriving chunks are kept as they are and a record's ciphertext is
+joined only when it spans chunks, so each byte is copied at most once before decryption.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_ABYTES,
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
-from nacl.exceptions import CryptoError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -33,21 +39,32 @@ from zope.interface import implementer
 from relay.client.errors import RecordError
 
 KEY_LEN = 32
-NONCE_LEN = 24
-HEADER = struct.Struct(">I")
-TAG_LEN = crypto_aead_xchacha20poly1305_ietf_ABYTES
-KIND_DATA = 0
-KIND_FINAL = 1
+NONCE_LEN = 12
+HEADER = struct.Struct(">IB")  # ciphertext length, kind
+TAG_LEN = 16
+KIND_FINAL = 0
 # Which way a record travels; part of every nonce.
 SENDER_TO_RECIPIENT = 1
 RECIPIENT_TO_SENDER = 2
-DEFAULT_MAX_PAYLOAD = 256 * 1024
+# 1 MiB records: the fixed Python cost per record (a Deferred, a transport write, a
+# decryption call) becomes small next to the per-byte cost of the crypto and the hash.
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
 HARD_MAX_PAYLOAD = 4 * 1024 * 1024
+# Records opened and waiting for the reader before the transport is paused.
+DEFAULT_MAX_QUEUED = 8
 _MAX_COUNTER = 2 ** 64 - 1
+_COUNTER = struct.Struct(">Q")
+
+Payload = bytes | bytearray | memoryview
 
 
-def _nonce(direction: int, counter: int) -> bytes:
-    return bytes([direction]) + bytes(NONCE_LEN - 9) + counter.to_bytes(8, "big")
+class Record(NamedTuple):
+    kind: int
+    payload: bytes
+
+
+def _nonce_prefix(direction: int) -> bytes:
+    return bytes([direction]) + bytes(NONCE_LEN - 1 - _COUNTER.size)
 
 
 def _check(key: bytes, direction: int, max_payload: int) -> None:
@@ -65,32 +82,34 @@ class RecordSealer:
     def __init__(self, key: bytes, direction: int,
                  max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         _check(key, direction, max_payload)
-        self._key = key
-        self._direction = direction
+        self._aead = AESGCM(key)
+        self._prefix = _nonce_prefix(direction)
         self.max_payload = max_payload
         self._counter = 0
         self.finished = False
 
-    def _seal(self, kind: int, payload: bytes) -> bytes:
+    def seal(self, kind: int, payload: Payload) -> bytes:
+        """One record (header and ciphertext) of an upper-layer kind (1-255)."""
+        if not 0 < kind < 256:
+            raise ValueError("a record kind is 1..255 (0 is the final record)")
+        return self._seal(kind, payload)
+
+    def seal_final(self) -> bytes:
+        record = self._seal(KIND_FINAL, b"")
+        self.finished = True
+        return record
+
+    def _seal(self, kind: int, payload: Payload) -> bytes:
         if self.finished:
             raise RecordError("no records may follow the final record")
         if len(payload) > self.max_payload:
             raise RecordError(f"record payload over {self.max_payload} bytes")
         if self._counter >= _MAX_COUNTER:
             raise RecordError("record counter exhausted")
-        header = HEADER.pack(1 + len(payload) + TAG_LEN)
-        ciphertext = crypto_aead_xchacha20poly1305_ietf_encrypt(
-            bytes([kind]) + payload, header, _nonce(self._direction, self._counter), self._key)
+        header = HEADER.pack(len(payload) + TAG_LEN, kind)
+        nonce = self._prefix + _COUNTER.pack(self._counter)
         self._counter += 1
-        return header + ciphertext
-
-    def seal(self, payload: bytes) -> bytes:
-        return self._seal(KIND_DATA, payload)
-
-    def seal_final(self) -> bytes:
-        record = self._seal(KIND_FINAL, b"")
-        self.finished = True
-        return record
+        return header + self._aead.encrypt(nonce, payload, header)
 
 
 class RecordOpener:
@@ -99,50 +118,77 @@ class RecordOpener:
     def __init__(self, key: bytes, direction: int,
                  max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         _check(key, direction, max_payload)
-        self._key = key
-        self._direction = direction
-        self._max_ciphertext = 1 + max_payload + TAG_LEN
+        self._aead = AESGCM(key)
+        self._prefix = _nonce_prefix(direction)
+        self._max_ciphertext = max_payload + TAG_LEN
         self._counter = 0
-        self._buffer = bytearray()
+        self._chunks: deque[memoryview] = deque()
+        self._buffered = 0
+        self._header: bytes | None = None  # of the record being received
+        self._length = 0
         self.finished = False
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The payloads of the records completed by data. RecordError on any tampering, an
-        oversized record, or bytes after the final record. Buffers at most one record."""
+    def feed(self, data: bytes) -> list[Record]:
+        """The records completed by data. RecordError on any tampering, an oversized
+        record, or bytes after the final record. Buffers at most one record."""
         if self.finished:
             if data:
                 raise RecordError("data after the final record")
             return []
-        self._buffer += data
-        payloads = []
-        while len(self._buffer) >= HEADER.size:
-            (length,) = HEADER.unpack_from(self._buffer)
-            if length > self._max_ciphertext or length < 1 + TAG_LEN:
-                raise RecordError(f"record length {length} out of bounds")
-            if len(self._buffer) < HEADER.size + length:
+        if data:
+            self._chunks.append(memoryview(data))
+            self._buffered += len(data)
+        records = []
+        while True:
+            if self._header is None:
+                if self._buffered < HEADER.size:
+                    break
+                header = bytes(self._take(HEADER.size))
+                length, kind = HEADER.unpack(header)
+                if not TAG_LEN <= length <= self._max_ciphertext \
+                        or (kind == KIND_FINAL and length != TAG_LEN):
+                    raise RecordError(f"record length {length} out of bounds")
+                self._header, self._length = header, length
+            if self._buffered < self._length:
                 break
-            header = bytes(self._buffer[:HEADER.size])
-            ciphertext = bytes(self._buffer[HEADER.size:HEADER.size + length])
-            del self._buffer[:HEADER.size + length]
+            header, self._header = self._header, None
+            ciphertext = self._take(self._length)
             try:
-                plain = crypto_aead_xchacha20poly1305_ietf_decrypt(
-                    ciphertext, header, _nonce(self._direction, self._counter), self._key)
-            except CryptoError:
+                payload = self._aead.decrypt(self._prefix + _COUNTER.pack(self._counter),
+                                             ciphertext, header)
+            except InvalidTag:
                 raise RecordError("a record failed authentication (tampered, reordered, "
                                   "replayed or wrong key)") from None
             self._counter += 1
-            kind, payload = plain[0], plain[1:]
+            kind = header[-1]
             if kind == KIND_FINAL:
-                if payload:
-                    raise RecordError("the final record carries data")
                 self.finished = True
-                if self._buffer:
+                if self._buffered:
                     raise RecordError("data after the final record")
                 break
-            if kind != KIND_DATA:
-                raise RecordError(f"unknown record kind {kind}")
-            payloads.append(payload)
-        return payloads
+            records.append(Record(kind, payload))
+        return records
+
+    def _take(self, count: int) -> memoryview | bytes:
+        """The next count buffered bytes: a view when they lie in one chunk, else joined."""
+        self._buffered -= count
+        first = self._chunks[0]
+        if len(first) > count:
+            self._chunks[0] = first[count:]
+            return first[:count]
+        if len(first) == count:
+            return self._chunks.popleft()
+        parts = []
+        while count:
+            chunk = self._chunks[0]
+            if len(chunk) <= count:
+                parts.append(self._chunks.popleft())
+                count -= len(chunk)
+            else:
+                parts.append(chunk[:count])
+                self._chunks[0] = chunk[count:]
+                count = 0
+        return b"".join(parts)
 
     def end_of_stream(self) -> None:
         """The transport closed: fine after the final record, truncation otherwise."""
@@ -156,7 +202,7 @@ class RecordTimeout(RecordError):
 
 @implementer(IPushProducer)
 class RecordStream(Protocol):
-    """Records over a Twisted transport. `receive()` returns the next payload (None after the
+    """Records over a Twisted transport. `receive()` returns the next record (None after the
     peer's final record); `send()` waits while the transport's buffer is full; `finish()`
     sends the final record. At most `max_queued` opened records wait for a reader before the
     transport is paused, so a fast peer cannot fill memory."""
@@ -164,15 +210,16 @@ class RecordStream(Protocol):
     def __init__(self, *, send_key: bytes, send_direction: int, receive_key: bytes,
                  receive_direction: int, clock: IReactorTime,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, read_timeout: float = 60.0,
-                 write_timeout: float = 60.0, max_queued: int = 16) -> None:
+                 write_timeout: float = 60.0,
+                 max_queued: int = DEFAULT_MAX_QUEUED) -> None:
         self.sealer = RecordSealer(send_key, send_direction, max_payload)
         self.opener = RecordOpener(receive_key, receive_direction, max_payload)
         self.clock = clock
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.max_queued = max_queued
-        self._queue: deque[bytes | None] = deque()  # None marks the peer's final record
-        self._reader: Deferred[bytes | None] | None = None
+        self._queue: deque[Record | None] = deque()  # None marks the peer's final record
+        self._reader: Deferred[Record | None] | None = None
         self._failure: Failure | None = None
         self._reading_paused = False
         self._writing_paused = False
@@ -244,8 +291,8 @@ class RecordStream(Protocol):
             self._reading_paused = False
             self.transport.resumeProducing()
 
-    async def receive(self) -> bytes | None:
-        """The next payload; None once the peer sent its final record. RecordError on
+    async def receive(self) -> Record | None:
+        """The next record; None once the peer sent its final record. RecordError on
         tampering, truncation or the read timeout."""
         if self._reader is not None:
             raise RuntimeError("receive() is already waiting")
@@ -257,7 +304,7 @@ class RecordStream(Protocol):
             return item
         if self._failure is not None:
             self._failure.raiseException()
-        reader: Deferred[bytes | None] = Deferred()
+        reader: Deferred[Record | None] = Deferred()
         self._reader = reader
 
         def timed_out(_result: Any, _timeout: float) -> None:
@@ -275,8 +322,9 @@ class RecordStream(Protocol):
 
     # ---- writing ---------------------------------------------------------------------------
 
-    async def send(self, payload: bytes) -> None:
-        await self._write(self.sealer.seal(payload))
+    async def send(self, kind: int, payload: Payload) -> None:
+        """Seal and send one record; waits while the transport's buffer is full."""
+        await self._write(self.sealer.seal(kind, payload))
 
     async def finish(self) -> None:
         """Send the final record: nothing more will be sent in this direction."""

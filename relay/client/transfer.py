@@ -1,7 +1,7 @@
 """The live transfer protocol, over encrypted records (relay/client/records.py).
 
-Every record payload starts with a tag: b"J" and a JSON control message, or b"D" and file
-bytes. The exchange:
+Every record's kind (relay/client/records.py) says what it carries: KIND_JSON ("J") a JSON
+control message, KIND_DATA ("D") file bytes. The exchange:
 
   sender    -> offer {entries: [{name, dir, size, mode}], text?, more?}  (split when large)
   recipient -> accept {offsets: [...]}       or   refuse {reason}
@@ -14,6 +14,9 @@ disk, writes each file to a hidden ".<name>.relay-partial" beside its target, ve
 SHA-256 of the whole file, then renames it into place. A partial file left by an interrupted
 transfer is the resume offset the next time the same offer arrives; the hash at the end
 covers the resumed prefix too, so a stale partial cannot slip through.
+
+File reads and writes and the SHA-256 run in worker threads (relay/client/file_io.py), a few
+blocks ahead of (or behind) the reactor thread, which seals, opens and moves the records.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any, Protocol
 import attrs
 
 from relay.client.errors import RecordError, TransferError, UnsafePathError, VerificationError
+from relay.client.file_io import BackgroundHash, FileWorkers, ReadAhead, WriteBehind
+from relay.client.records import Record
 from relay.client.safe_paths import (
     DEFAULT_LIMITS,
     Overwrite,
@@ -40,8 +45,9 @@ from relay.client.safe_paths import (
 )
 
 PROTOCOL_VERSION = 1
-TAG_JSON = b"J"
-TAG_DATA = b"D"
+KIND_JSON = ord("J")
+KIND_DATA = ord("D")
+DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_TEXT = 64 * 1024
 PARTIAL_PREFIX = "."
 PARTIAL_SUFFIX = ".relay-partial"
@@ -54,8 +60,8 @@ _REASON_CHARS = 300
 class RecordChannel(Protocol):
     """What the transfer needs from a record stream (RecordStream provides it)."""
 
-    async def send(self, payload: bytes) -> None: ...
-    async def receive(self) -> bytes | None: ...
+    async def send(self, kind: int, payload: bytes) -> None: ...
+    async def receive(self) -> Record | None: ...
     async def finish(self) -> None: ...
 
 
@@ -116,17 +122,17 @@ def _collect(path: Path, name: str, entries: list[SourceEntry]) -> None:
 # ---- messages ------------------------------------------------------------------------------
 
 async def _send_json(channel: RecordChannel, message: dict[str, Any]) -> None:
-    await channel.send(TAG_JSON + json.dumps(message, separators=(",", ":")).encode("utf-8"))
+    await channel.send(KIND_JSON, json.dumps(message, separators=(",", ":")).encode("utf-8"))
 
 
-def _decode(payload: bytes | None) -> tuple[str, Any]:
+def _decode(record: Record | None) -> tuple[str, Any]:
     """("json", dict) or ("data", bytes); TransferError for anything else."""
-    if payload is None:
+    if record is None:
         raise TransferError("the peer ended the transfer early")
-    tag, body = payload[:1], payload[1:]
-    if tag == TAG_DATA:
+    kind, body = record
+    if kind == KIND_DATA:
         return "data", body
-    if tag == TAG_JSON:
+    if kind == KIND_JSON:
         try:
             message = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -159,8 +165,8 @@ def _int_field(message: dict[str, Any], key: str, low: int, high: int) -> int:
 # ---- sending -------------------------------------------------------------------------------
 
 async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
-                     text: str | None = None, chunk_size: int = 64 * 1024,
-                     progress: Progress | None = None) -> None:
+                     text: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     progress: Progress | None = None, reactor: Any = None) -> None:
     """Offer entries (and/or a short text), send what the recipient accepts, wait for its ok."""
     if text is not None and len(text.encode("utf-8")) > MAX_TEXT:
         raise TransferError(f"the text is over {MAX_TEXT} bytes; send it as a file")
@@ -180,12 +186,17 @@ async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
         raise TransferError("protocol error: bad offsets")
     total = sum(e.size for e in entries)
     done = 0
-    for index, entry in enumerate(entries):
-        if entry.is_dir:
-            continue
-        offset = _int_field({"offset": offsets[index]}, "offset", 0, entry.size)
-        done += offset
-        done = await _send_one(channel, index, entry, offset, chunk_size, done, total, progress)
+    workers = FileWorkers.start(_reactor(reactor), "send")
+    try:
+        for index, entry in enumerate(entries):
+            if entry.is_dir:
+                continue
+            offset = _int_field({"offset": offsets[index]}, "offset", 0, entry.size)
+            done += offset
+            done = await _send_one(channel, workers, index, entry, offset, chunk_size, done,
+                                   total, progress)
+    finally:
+        workers.stop()
     await _send_json(channel, {"type": "done"})
     await channel.finish()
     await _expect(channel, "ok")
@@ -193,35 +204,50 @@ async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
         raise TransferError("protocol error: data after ok")
 
 
-async def _send_one(channel: RecordChannel, index: int, entry: SourceEntry, offset: int,
-                    chunk_size: int, done: int, total: int,
+def _reactor(reactor: Any) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+        reactor = default_reactor
+    return reactor
+
+
+def _hash_prefix(f: Any, digest: Any, size: int, name: str) -> None:  # worker thread
+    """Hash the first size bytes of f into digest, leaving f positioned after them."""
+    while size:
+        block = f.read(min(_READ_SIZE, size))
+        if not block:
+            raise TransferError(f"{name} shrank while sending")
+        digest.update(block)
+        size -= len(block)
+
+
+async def _send_one(channel: RecordChannel, workers: FileWorkers, index: int,
+                    entry: SourceEntry, offset: int, chunk_size: int, done: int, total: int,
                     progress: Progress | None) -> int:
     assert entry.path is not None
+    name = printable_name(entry.name)
     digest = hashlib.sha256()
+    hashing = BackgroundHash(workers.hash, digest)
     await _send_json(channel, {"type": "file", "index": index, "offset": offset})
     try:
-        with open(entry.path, "rb") as f:
-            remaining_prefix = offset
-            while remaining_prefix:  # the recipient's hash covers its resumed prefix too
-                block = f.read(min(_READ_SIZE, remaining_prefix))
-                if not block:
-                    raise TransferError(f"{printable_name(entry.name)} shrank while sending")
-                digest.update(block)
-                remaining_prefix -= len(block)
-            sent = offset
-            while sent < entry.size:
-                block = f.read(min(chunk_size, entry.size - sent))
-                if not block:
-                    raise TransferError(f"{printable_name(entry.name)} shrank while sending")
-                digest.update(block)
-                await channel.send(TAG_DATA + block)
-                sent += len(block)
-                done += len(block)
-                if progress is not None:
-                    progress(entry.name, done, total)
+        with open(entry.path, "rb", buffering=0) as f:
+            # The recipient's hash covers its resumed prefix too.
+            prefix = workers.disk.submit(_hash_prefix, f, digest, offset, name)
+            blocks = ReadAhead(workers.disk, f, hashing, offset, entry.size, chunk_size,
+                               name=name)
+            try:
+                await prefix
+                while (block := await blocks.next()) is not None:
+                    await channel.send(KIND_DATA, block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(entry.name, done, total)
+            finally:
+                await blocks.settle()  # no read may outlive the file
     except OSError as e:
-        raise TransferError(f"cannot read {printable_name(entry.name)}: {e.strerror}") from None
-    await _send_json(channel, {"type": "end", "index": index, "sha256": digest.hexdigest()})
+        raise TransferError(f"cannot read {name}: {e.strerror}") from None
+    await _send_json(channel, {"type": "end", "index": index,
+                               "sha256": await hashing.hexdigest()})
     return done
 
 
@@ -246,11 +272,14 @@ async def receive_files(channel: RecordChannel, root: Path, *,
                         ask: Callable[[str], bool] | None = None,
                         confirm_offer: Callable[[list[tuple[str, bool, int]], str | None],
                                                 bool] | None = None,
-                        progress: Progress | None = None) -> ReceiveResult:
+                        progress: Progress | None = None,
+                        reactor: Any = None) -> ReceiveResult:
     """Receive an offer into root (which must exist). Every refusal or failure is told to
     the peer and raised as TransferError/UnsafePathError here."""
+    workers = FileWorkers.start(_reactor(reactor), "receive")
     try:
-        return await _receive(channel, root, limits, overwrite, ask, confirm_offer, progress)
+        return await _receive(channel, workers, root, limits, overwrite, ask, confirm_offer,
+                              progress)
     except (TransferError, UnsafePathError, OSError) as e:
         reason = e.strerror if isinstance(e, OSError) else str(e)
         try:
@@ -261,6 +290,8 @@ async def receive_files(channel: RecordChannel, root: Path, *,
         if isinstance(e, OSError):
             raise TransferError(f"cannot write: {e.strerror}") from None
         raise
+    finally:
+        workers.stop()
 
 
 async def _receive_offer(channel: RecordChannel,
@@ -286,7 +317,8 @@ async def _receive_offer(channel: RecordChannel,
             return entries, text
 
 
-async def _receive(channel: RecordChannel, root: Path, limits: ReceiveLimits,
+async def _receive(channel: RecordChannel, workers: FileWorkers, root: Path,
+                   limits: ReceiveLimits,
                    overwrite: Overwrite, ask: Callable[[str], bool] | None,
                    confirm_offer: Any, progress: Progress | None) -> ReceiveResult:
     raw_entries, text = await _receive_offer(channel, limits)
@@ -336,8 +368,8 @@ async def _receive(channel: RecordChannel, root: Path, limits: ReceiveLimits,
             raise TransferError("protocol error: unexpected file")
         pending.discard(index)
         offset = _int_field(header, "offset", offsets[index], offsets[index])
-        got = await _receive_one(channel, root, wanted[index], index, offset, done, total,
-                                 progress)
+        got = await _receive_one(channel, workers, root, wanted[index], index, offset, done,
+                                 total, progress)
         done += got
         received += got
         files.append(wanted[index].target)
@@ -365,8 +397,9 @@ def _resume_offset(item: _Wanted) -> int:
     return info.st_size
 
 
-async def _receive_one(channel: RecordChannel, root: Path, item: _Wanted, index: int,
-                       offset: int, done: int, total: int, progress: Progress | None) -> int:
+async def _receive_one(channel: RecordChannel, workers: FileWorkers, root: Path,
+                       item: _Wanted, index: int, offset: int, done: int, total: int,
+                       progress: Progress | None) -> int:
     target_path(root, item.parts, create_parents=True)  # re-checked now that dirs exist
     partial = partial_path(item.target)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
@@ -374,44 +407,54 @@ async def _receive_one(channel: RecordChannel, root: Path, item: _Wanted, index:
         flags |= os.O_TRUNC
     fd = os.open(partial, flags, 0o600)
     digest = hashlib.sha256()
-    written = offset
-    with os.fdopen(fd, "r+b") as f:
+    name = printable_name(item.parts[-1])
+    with os.fdopen(fd, "r+b", buffering=0) as f:
         if offset:
-            remaining = offset
-            while remaining:
-                block = f.read(min(_READ_SIZE, remaining))
-                if not block:
-                    raise TransferError("the partial file changed during the transfer")
-                digest.update(block)
-                remaining -= len(block)
-            f.seek(offset)
-            f.truncate()
-        while True:
-            what, message = _decode(await channel.receive())
-            if what == "data":
-                if written + len(message) > item.size:
-                    raise TransferError(f"{printable_name(item.parts[-1])}: more data "
-                                        f"than offered")
-                f.write(message)
-                digest.update(message)
-                written += len(message)
-                if progress is not None:
-                    progress("/".join(item.parts), done + written - offset, total)
-                continue
-            if message["type"] != "end" or message.get("index") != index:
-                raise TransferError("protocol error: expected data or end")
-            break
+            await workers.disk.submit(_rehash_partial, f, digest, offset)
+        hashing = BackgroundHash(workers.hash, digest)
+        writer = WriteBehind(workers.disk, fd, hashing)
+        try:
+            written = offset
+            while True:
+                what, message = _decode(await channel.receive())
+                if what == "data":
+                    if written + len(message) > item.size:
+                        raise TransferError(f"{name}: more data than offered")
+                    await writer.write(message)
+                    written += len(message)
+                    if progress is not None:
+                        progress("/".join(item.parts), done + written - offset, total)
+                    continue
+                if message["type"] != "end" or message.get("index") != index:
+                    raise TransferError("protocol error: expected data or end")
+                break
+            await writer.flush()
+        except BaseException:
+            await writer.settle()  # no write may outlive the file
+            raise
         if written != item.size:
-            raise TransferError(f"{printable_name(item.parts[-1])}: less data than offered")
-        if message.get("sha256") != digest.hexdigest():
+            raise TransferError(f"{name}: less data than offered")
+        if message.get("sha256") != await hashing.hexdigest():
             f.close()
             os.unlink(partial)  # a bad prefix must not be resumed again
             raise VerificationError(f"{printable_name('/'.join(item.parts))}: SHA-256 "
                                     f"mismatch")
-        f.flush()
-        os.fsync(f.fileno())
-        os.fchmod(f.fileno(), item.mode)
+        os.fsync(fd)
+        os.fchmod(fd, item.mode)
     # The target was checked before accepting; re-check for a symlink raced in since.
     target_path(root, item.parts, create_parents=False)
     os.replace(partial, item.target)
     return written - offset
+
+
+def _rehash_partial(f: Any, digest: Any, offset: int) -> None:  # worker thread
+    """Hash the partial file's first offset bytes; cut it there, positioned at its end."""
+    remaining = offset
+    while remaining:
+        block = f.read(min(_READ_SIZE, remaining))
+        if not block:
+            raise TransferError("the partial file changed during the transfer")
+        digest.update(block)
+        remaining -= len(block)
+    f.seek(offset)
+    f.truncate()

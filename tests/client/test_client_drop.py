@@ -275,3 +275,69 @@ def test_any_downloaded_message_opens_or_is_a_relay_error(message):
     except RelayError:
         return
     assert item.kind in ("text", "offer", "drop", "file", "unreadable", "unknown_sender")
+
+
+class Staggered:
+    """Wraps a client method: each call waits a little (longer for earlier parts, so answers
+    come back out of order) and the most calls at once is recorded."""
+
+    def __init__(self, method):
+        self.method = method
+        self.now = 0
+        self.most = 0
+
+    async def __call__(self, upload_id, part, *args, **kwargs):
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await deferLater(reactor, 0.004 * (3 - part % 4))
+            return await self.method(upload_id, part, *args, **kwargs)
+        finally:
+            self.now -= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunks_move_several_at_a_time_and_arrive_in_order(tmp_path):
+    pair = Pair(max_chunk_size=1024)
+    source = tmp_path / "many-chunks.bin"
+    source.write_bytes(os.urandom(20 * 1000 + 7))  # 21 chunks of 1008 bytes
+    uploads = Staggered(pair.alice.upload_file_chunk)
+    pair.alice.upload_file_chunk = uploads
+    progress = []
+    await send_drop(pair.alice, pair.alice_sk, pair.bob_pk, collect_sources([source]),
+                    now=pair.clock.seconds,
+                    progress=lambda name, done, total: progress.append(done))
+    assert uploads.most == drop_module.CHUNKS_IN_FLIGHT
+    assert progress == sorted(progress) and progress[-1] == 20_007
+    downloads = Staggered(pair.bob.download_file_chunk)
+    pair.bob.download_file_chunk = downloads
+    (group,), _ = group_drops(await pair.bob_items())
+    out = tmp_path / "out"
+    out.mkdir()
+    await Collector(pair.bob, out).collect_drop(group)
+    assert downloads.most == drop_module.CHUNKS_IN_FLIGHT
+    assert (out / source.name).read_bytes() == source.read_bytes()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_chunk_upload_stops_the_drop_and_cancels_the_rest(tmp_path):
+    pair = Pair(max_chunk_size=1024)
+    source = tmp_path / "f.bin"
+    source.write_bytes(os.urandom(10_000))
+    real = pair.alice.upload_file_chunk
+
+    async def failing(upload_id, part, *args, **kwargs):
+        if part == 2:
+            raise RelayError("uploadFileChunk failed", 500)
+        return await real(upload_id, part, *args, **kwargs)
+
+    pair.alice.upload_file_chunk = failing
+    with pytest.raises(RelayError):
+        await pair.send([source])
+    # Without its manifest the drop is given back: nothing is left for bob.
+    assert [i.kind for i in await pair.bob_items()] == ["file"]
+    status = await pair.alice.file_status((await pair.bob_items())[0].upload_id)
+    assert status["status"] == "NOT_FOUND"

@@ -13,8 +13,11 @@ from twisted.internet.defer import Deferred
 from relay.client.errors import RecordError
 from relay.client.records import (
     HEADER,
+    KIND_FINAL,
     RECIPIENT_TO_SENDER,
     SENDER_TO_RECIPIENT,
+    TAG_LEN,
+    Record,
     RecordOpener,
     RecordSealer,
     RecordTimeout,
@@ -22,6 +25,7 @@ from relay.client.records import (
 from tests.client.streams import loopback_streams
 
 KEY = bytes(range(32))
+DATA = 7  # any upper-layer kind
 
 
 def pair(max_payload: int = 1024):
@@ -31,17 +35,42 @@ def pair(max_payload: int = 1024):
 
 def test_round_trip_and_final():
     sealer, opener = pair()
-    wire = sealer.seal(b"one") + sealer.seal(b"") + sealer.seal(b"three") + sealer.seal_final()
-    assert opener.feed(wire) == [b"one", b"", b"three"]
+    wire = sealer.seal(DATA, b"one") + sealer.seal(9, b"") + sealer.seal(DATA, b"three") \
+        + sealer.seal_final()
+    assert opener.feed(wire) == [(DATA, b"one"), (9, b""), (DATA, b"three")]
     assert opener.finished
     opener.end_of_stream()
     with pytest.raises(RecordError):
-        sealer.seal(b"after the end")
+        sealer.seal(DATA, b"after the end")
+    with pytest.raises(ValueError):
+        RecordSealer(KEY, SENDER_TO_RECIPIENT).seal(KIND_FINAL, b"")  # only seal_final
+
+
+def test_the_kind_is_authenticated():
+    wire = bytearray(RecordSealer(KEY, SENDER_TO_RECIPIENT).seal(DATA, b"payload"))
+    wire[HEADER.size - 1] = DATA + 1
+    with pytest.raises(RecordError, match="authentication"):
+        RecordOpener(KEY, SENDER_TO_RECIPIENT).feed(bytes(wire))
+
+
+def test_a_final_record_with_a_body_is_refused_from_the_header():
+    with pytest.raises(RecordError, match="out of bounds"):
+        RecordOpener(KEY, SENDER_TO_RECIPIENT).feed(HEADER.pack(TAG_LEN + 1, KIND_FINAL))
+
+
+def test_records_of_the_largest_size_pass_in_small_and_big_slices():
+    sealer, opener = pair(max_payload=1024 * 1024)
+    blob = os.urandom(1024 * 1024)
+    wire = sealer.seal(DATA, blob) + sealer.seal(DATA, blob[:5]) + sealer.seal_final()
+    got = []
+    for start in range(0, len(wire), 65536):
+        got += opener.feed(wire[start:start + 65536])
+    assert got == [(DATA, blob), (DATA, blob[:5])] and opener.finished
 
 
 def records(*payloads: bytes) -> list[bytes]:
     sealer = RecordSealer(KEY, SENDER_TO_RECIPIENT, 1024)
-    return [sealer.seal(p) for p in payloads] + [sealer.seal_final()]
+    return [sealer.seal(DATA, p) for p in payloads] + [sealer.seal_final()]
 
 
 @pytest.mark.parametrize("arrange", [
@@ -67,7 +96,7 @@ def test_truncation_is_detected():
 def test_reflected_records_and_wrong_keys_fail():
     sealer = RecordSealer(KEY, RECIPIENT_TO_SENDER)
     with pytest.raises(RecordError):
-        RecordOpener(KEY, SENDER_TO_RECIPIENT).feed(sealer.seal(b"mirror"))
+        RecordOpener(KEY, SENDER_TO_RECIPIENT).feed(sealer.seal(DATA, b"mirror"))
     with pytest.raises(RecordError):
         RecordOpener(os.urandom(32), SENDER_TO_RECIPIENT).feed(records(b"x")[0])
 
@@ -75,12 +104,12 @@ def test_reflected_records_and_wrong_keys_fail():
 def test_oversized_records_are_refused_from_the_header():
     sealer = RecordSealer(KEY, SENDER_TO_RECIPIENT, 4096)
     with pytest.raises(RecordError):
-        sealer.seal(bytes(4097))
+        sealer.seal(DATA, bytes(4097))
     opener = RecordOpener(KEY, SENDER_TO_RECIPIENT, 1024)
     with pytest.raises(RecordError, match="out of bounds"):
-        opener.feed(HEADER.pack(10 ** 9))  # refused before a byte of body is buffered
+        opener.feed(HEADER.pack(10 ** 9, DATA))  # refused before a byte of body is buffered
     with pytest.raises(RecordError, match="out of bounds"):
-        RecordOpener(KEY, SENDER_TO_RECIPIENT).feed(HEADER.pack(3) + b"abc")
+        RecordOpener(KEY, SENDER_TO_RECIPIENT).feed(HEADER.pack(3, DATA) + b"abc")
 
 
 @given(st.lists(st.binary(max_size=300), max_size=8), st.data())
@@ -91,7 +120,7 @@ def test_any_split_of_the_stream_gives_the_same_records(payloads, data):
     got = []
     for start, end in zip([0] + cuts, cuts + [len(wire)], strict=True):
         got += opener.feed(wire[start:end])
-    assert got == payloads and opener.finished
+    assert got == [Record(DATA, p) for p in payloads] and opener.finished
 
 
 @settings(max_examples=200)
@@ -109,7 +138,7 @@ def test_a_mutated_stream_never_yields_wrong_data(payloads, data):
         pass
     else:
         pytest.fail("a mutated stream was accepted")
-    assert got == payloads[:len(got)]
+    assert got == [Record(DATA, p) for p in payloads][:len(got)]
 
 
 @pytest_twisted.ensureDeferred
@@ -120,29 +149,29 @@ async def test_streams_over_loopback_carry_megabytes_both_ways():
 
         async def send_all():
             for _ in range(count):
-                await sender.send(blob)
+                await sender.send(DATA, blob)
             await sender.finish()
 
         sending = Deferred.fromCoroutine(send_all())
         received = 0
         while (item := await recipient.receive()) is not None:
-            assert item == blob
+            assert item == (DATA, blob)
             received += 1
         await sending
         assert received == count
         assert await recipient.receive() is None  # the end stays the end
-        await recipient.send(b"thanks")
+        await recipient.send(DATA, b"thanks")
         await recipient.finish()
-        assert await sender.receive() == b"thanks"
+        assert await sender.receive() == (DATA, b"thanks")
         assert await sender.receive() is None
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_connection_cut_before_the_final_record_is_truncation():
     async with loopback_streams() as (sender, recipient):
-        await sender.send(b"partial")
+        await sender.send(DATA, b"partial")
         sender.transport.loseConnection()
-        assert await recipient.receive() == b"partial"
+        assert await recipient.receive() == (DATA, b"partial")
         with pytest.raises(RecordError, match="truncated"):
             await recipient.receive()
 
@@ -150,7 +179,7 @@ async def test_a_connection_cut_before_the_final_record_is_truncation():
 @pytest_twisted.ensureDeferred
 async def test_tampered_bytes_on_the_wire_abort_the_stream():
     async with loopback_streams() as (sender, recipient):
-        sender.transport.write(b"\x00\x00\x00\x20" + bytes(32))
+        sender.transport.write(HEADER.pack(32, DATA) + bytes(32))
         with pytest.raises(RecordError, match="authentication"):
             await recipient.receive()
 
@@ -167,4 +196,4 @@ async def test_a_peer_that_never_reads_stalls_the_writer_until_the_timeout():
     async with loopback_streams(max_payload=64 * 1024, write_timeout=0.5) as (sender, _r):
         with pytest.raises(RecordTimeout, match="took nothing"):
             for _ in range(1000):  # 64 MiB: far more than socket buffers and the queue
-                await sender.send(bytes(64 * 1024))
+                await sender.send(DATA, bytes(64 * 1024))

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from relay.client.errors import ClientError, TransferError, UnsafePathError
 from relay.client.safe_paths import Overwrite, ReceiveLimits
 from relay.client.transfer import (
+    KIND_JSON,
     PARTIAL_SUFFIX,
     collect_sources,
     partial_path,
@@ -157,12 +158,14 @@ async def test_existing_files_are_not_overwritten_without_consent(tmp_path):
 
 
 async def raw_offer(stream, entries, then=()):
-    await stream.send(b"J" + json.dumps({"type": "offer", "version": 1,
-                                         "entries": entries}).encode())
-    for payload in then:
-        await stream.send(payload)
+    """Offer entries, then send each of `then` (its first byte is the record kind)."""
+    await stream.send(KIND_JSON, json.dumps({"type": "offer", "version": 1,
+                                             "entries": entries}).encode())
+    for record in then:
+        await stream.send(record[0], record[1:])
     reply = await stream.receive()
-    return json.loads(reply[1:])
+    assert reply.kind == KIND_JSON
+    return json.loads(reply.payload)
 
 
 @pytest.mark.parametrize("name", ["../escape", "/etc/x", "a\\b", "\x1b]0;pwned\x07", "C:x"])

@@ -22,7 +22,7 @@ from relay.client.identity import load_identity
 from relay.client.inbox import DROP_TYPE, FORMAT_VERSION, send_json
 from relay.client.live import close_stream, open_stream, start_live_send
 from relay.client.mailbox import MailboxClient
-from relay.client.transfer import SourceEntry
+from relay.client.transfer import KIND_DATA, KIND_JSON, SourceEntry
 from relay.crypto import b64encode, h2, make_nonce
 from tests.e2e.cli_harness import Background, User
 
@@ -39,8 +39,8 @@ async def wait_exit(job: Background, timeout: float = 30.0) -> tuple[int, str]:
 
 
 def offer(entries: list[dict[str, Any]]) -> bytes:
-    return b"J" + json.dumps({"type": "offer", "version": 1, "entries": entries,
-                              "more": False}).encode()
+    return json.dumps({"type": "offer", "version": 1, "entries": entries,
+                       "more": False}).encode()
 
 
 async def hostile_live_send(bob: User, out: Path, entries: list[dict[str, Any]],
@@ -54,12 +54,12 @@ async def hostile_live_send(bob: User, out: Path, entries: list[dict[str, Any]],
     try:
         stapled = await start.connect(timeout=30)
         stream = open_stream(stapled, reactor)
-        await stream.send(offer(entries))
-        answer = json.loads((await stream.receive())[1:])
+        await stream.send(KIND_JSON, offer(entries))
+        answer = json.loads((await stream.receive()).payload)
         if data is not None and answer["type"] == "accept":
-            await stream.send(b'J{"type":"file","index":0,"offset":0}')
-            await stream.send(b"D" + data)
-            answer = json.loads((await stream.receive())[1:])
+            await stream.send(KIND_JSON, b'{"type":"file","index":0,"offset":0}')
+            await stream.send(KIND_DATA, data)
+            answer = json.loads((await stream.receive()).payload)
         await close_stream(stream, reactor)
         code, stderr = await wait_exit(job)
     finally:

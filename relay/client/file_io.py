@@ -1,0 +1,222 @@
+"""File reads and writes, and the file's SHA-256, off the reactor thread: ordered, bounded.
+
+A live transfer spends most of its CPU on the record crypto, the file's SHA-256 and the
+kernel's copies to and from the page cache. hashlib and file I/O release the GIL on large
+buffers, so a transfer runs them in two worker threads (`FileWorkers`: one for the disk,
+one for the hash), which overlap each other, the network and the record crypto on the
+reactor thread:
+
+- `ReadAhead` (sender): reads the next blocks of a file while the reactor seals and sends
+  the current one (at most `depth` blocks ahead); each block is hashed as it is handed out.
+- `WriteBehind` (recipient): writes the received blocks while the reactor opens the next
+  records; at most `depth` blocks wait for the disk, then the caller waits.
+- `BackgroundHash`: a digest fed in order on the hash thread; `hexdigest()` waits for it.
+
+Each worker is one thread running jobs in submission order (so the hash sees the blocks in
+file order). Every disk job's Deferred is awaited, or its failure consumed by `settle()`,
+before the file is closed, so a job never touches a closed file. Hash jobs touch only the
+digest and immutable bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from relay.client.errors import TransferError
+
+DEFAULT_DEPTH = 4
+
+
+class SerialWorker:
+    """One daemon thread running jobs in submission order; each job's result (or exception)
+    arrives on the reactor thread through the Deferred that `submit()` returned."""
+
+    def __init__(self, reactor: Any, name: str = "relay-file-io") -> None:
+        self._reactor = reactor
+        self._jobs: queue.SimpleQueue[tuple[Deferred[Any], Callable[..., Any], tuple] | None] \
+            = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self._stopped = False
+
+    def submit(self, job: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if self._stopped:
+            raise RuntimeError("the worker is stopped")
+        result: Deferred[Any] = Deferred()
+        self._jobs.put((result, job, args))
+        return result
+
+    def stop(self) -> None:
+        """No more jobs; the thread ends after the ones already submitted."""
+        if not self._stopped:
+            self._stopped = True
+            self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            result, job, args = item
+            try:
+                value = job(*args)
+            except BaseException:  # noqa: BLE001 - handed to the reactor thread as a Failure
+                self._reactor.callFromThread(result.errback, Failure())
+            else:
+                self._reactor.callFromThread(result.callback, value)
+
+
+@attrs.frozen
+class FileWorkers:
+    """The two threads of one transfer: `disk` reads or writes, `hash` hashes."""
+
+    disk: SerialWorker
+    hash: SerialWorker
+
+    @classmethod
+    def start(cls, reactor: Any, label: str) -> FileWorkers:
+        return cls(SerialWorker(reactor, f"relay-{label}-disk"),
+                   SerialWorker(reactor, f"relay-{label}-hash"))
+
+    def stop(self) -> None:
+        self.disk.stop()
+        self.hash.stop()
+
+
+def _swallow(_failure: Failure) -> None:
+    return None
+
+
+class BackgroundHash:
+    """A hashlib digest updated in order on a worker thread."""
+
+    def __init__(self, worker: SerialWorker, digest: Any) -> None:
+        self.worker = worker
+        self.digest = digest
+        self._last: Deferred[Any] | None = None
+        self._failure: Failure | None = None
+
+    def update(self, block: bytes) -> None:
+        """Hash block after everything given before; block must not change."""
+        job = self.worker.submit(self.digest.update, block)
+        job.addErrback(self._keep_failure)
+        self._last = job
+
+    def _keep_failure(self, failure: Failure) -> None:
+        if self._failure is None:
+            self._failure = failure
+
+    async def hexdigest(self) -> str:
+        if self._last is not None:
+            await self._last
+        if self._failure is not None:
+            self._failure.raiseException()
+        return self.digest.hexdigest()
+
+
+class _Pipeline:
+    """Deferreds of submitted jobs, oldest first."""
+
+    def __init__(self, worker: SerialWorker, depth: int) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
+        self.worker = worker
+        self.depth = depth
+        self.pending: deque[Deferred[Any]] = deque()
+
+    async def settle(self) -> None:
+        """Wait for every submitted job, ignoring their failures (the caller is already
+        failing): after this the file may be closed."""
+        while self.pending:
+            job = self.pending.popleft()
+            job.addErrback(_swallow)
+            await job
+
+
+class ReadAhead(_Pipeline):
+    """The blocks of f from its current position (`start`) to `end`, each at most
+    block_size bytes, each given to `hash` as it is handed out; TransferError if the file
+    is shorter."""
+
+    def __init__(self, worker: SerialWorker, f: Any, hash: BackgroundHash, start: int,
+                 end: int, block_size: int, depth: int = DEFAULT_DEPTH,
+                 name: str = "the file") -> None:
+        super().__init__(worker, depth)
+        if block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        self.f = f
+        self.hash = hash
+        self.block_size = block_size
+        self.name = name
+        self._next = start
+        self._end = end
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self.pending) < self.depth and self._next < self._end:
+            size = min(self.block_size, self._end - self._next)
+            self._next += size
+            self.pending.append(self.worker.submit(self._read, size))
+
+    def _read(self, size: int) -> bytes:  # worker thread
+        block = self.f.read(size)
+        while block is not None and 0 < len(block) < size:  # a short read: keep reading
+            more = self.f.read(size - len(block))
+            if not more:
+                break
+            block += more
+        if not block or len(block) != size:
+            raise TransferError(f"{self.name} shrank while sending")
+        return block
+
+    async def next(self) -> bytes | None:
+        """The next block (its hashing queued); None after the last."""
+        if not self.pending:
+            return None
+        job = self.pending.popleft()
+        self._fill()  # keep the worker busy while this block is sealed and sent
+        block: bytes = await job
+        self.hash.update(block)
+        return block
+
+
+class WriteBehind(_Pipeline):
+    """Writes blocks to the file descriptor fd (from its current position) and gives them
+    to `hash`, in order, with at most `depth` blocks waiting for the disk. (Starting the
+    writeback early with posix_fadvise was tried: slower here, so the kernel decides.)"""
+
+    def __init__(self, worker: SerialWorker, fd: int, hash: BackgroundHash,
+                 depth: int = DEFAULT_DEPTH) -> None:
+        super().__init__(worker, depth)
+        self.fd = fd
+        self.hash = hash
+
+    async def write(self, block: bytes) -> None:
+        """Queue block; waits (and raises the first failure) once `depth` are queued. After
+        a failure the caller must `settle()` before closing the file."""
+        self.pending.append(self.worker.submit(self._write, block))
+        self.hash.update(block)
+        while len(self.pending) >= self.depth:
+            await self.pending.popleft()
+
+    async def flush(self) -> None:
+        """Wait until every queued block is written; raise the first failure."""
+        while self.pending:
+            job = self.pending.popleft()
+            try:
+                await job
+            except BaseException:
+                await self.settle()
+                raise
+
+    def _write(self, block: bytes) -> None:  # worker thread
+        view = memoryview(block)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
