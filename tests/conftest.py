@@ -27,12 +27,8 @@ STORE_KINDS = ["memory", "redis"]
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer.running() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -7,6 +7,7 @@ the code under test.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -15,7 +16,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 _START_TIMEOUT = 10.0
@@ -163,6 +166,17 @@ class RedisServer:
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, **kwargs: Any) -> Iterator[RedisServer]:
+        """A started server, closed (killed, its directory removed) on the way out."""
+        server = cls(**kwargs)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.close()
 
     def close(self) -> None:
         self.stop()

@@ -15,11 +15,9 @@ from tests.zax import ZaxClient
 
 
 @pytest.fixture
-def redis(tmp_path):
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
+def redis():
+    with RedisServer.running() as server:
+        yield server
 
 
 @pytest.fixture

@@ -26,12 +26,8 @@ LONG_TTL = 3600.0
 
 @pytest.fixture
 def server():
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer.running() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest_twisted.async_yield_fixture

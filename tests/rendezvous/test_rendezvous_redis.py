@@ -25,12 +25,8 @@ A, B = "127.0.0.2", "127.0.0.3"
 
 @pytest.fixture(scope="module")
 def redis():
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer.running() as server:
         yield server
-    finally:
-        server.close()
 
 
 def start_node_process(url: str) -> tuple[subprocess.Popen, int, int]:
