@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from relay.crypto import b64decode, b64encode
+from relay.web.errors import HTTPError
 
 CURVE = "ed25519"
 SENDER = "sender"
@@ -40,11 +41,12 @@ NAME_MIN, NAME_MAX = 4, 64
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 
-class ChannelError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class ChannelError(HTTPError):
+    """A refused channel operation, with the HTTP status the design gives it."""
+
+    @property
+    def message(self) -> str:
+        return self.details
 
 
 def valid_name(name: Any) -> bool:

@@ -103,10 +103,7 @@ class _JSONResource(Resource):
             if failure.check(CancelledError):
                 self._log(499, "client went away", started)
                 return
-            if failure.check(ChannelError):
-                status, detail = failure.value.status, failure.value.message
-            else:
-                status, detail = error_status(failure)
+            status, detail = error_status(failure)
             if not finished:
                 _json_response(request, status, {"error": detail})
             self._log(status, detail, started)
