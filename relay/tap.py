@@ -57,6 +57,10 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from relay.heap import keep_big_buffers
+
+    keep_big_buffers()  # reuse the file chunks' buffers instead of faulting in fresh pages
+
     from relay.service import make_relay_service
 
     return make_relay_service(options.relay_config, reactor)

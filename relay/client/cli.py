@@ -34,10 +34,10 @@ from relay.client.errors import (
     RelayError,
     VerificationError,
 )
-from relay.client.heap import keep_big_buffers
 from relay.client.home import ENV_HOME
 from relay.client.pake import CodeError, WrongCode
 from relay.client.safe_paths import printable_name
+from relay.heap import keep_big_buffers
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -1,13 +1,15 @@
-"""Keep the transfer's megabyte buffers in the C heap (glibc), for the `relay` command.
+"""Keep megabyte buffers in the C heap (glibc): for `twistd relay` and the `relay` command.
 
-A live transfer allocates and frees a few 1 MiB buffers per record (file blocks, ciphertext,
-plaintext). glibc serves allocations that big with a fresh mmap each time and trims the heap
-on free, so every record paid page faults and zeroing for its buffers again: measured here,
-about 1.3 CPU seconds of kernel time per GiB on the sender. Raising the mmap threshold and
-the trim threshold makes the freed buffers be reused instead. The heap then keeps at most
-the transfer's peak of buffers in flight (tens of MB, whatever the file size).
+Both allocate and free buffers of hundreds of KiB to a few MiB over and over: the relay a
+680 KB body and answer per file chunk, the client a few 1 MiB buffers per record (file
+blocks, ciphertext, plaintext). glibc serves allocations that big with a fresh mmap each
+time and trims the heap on free, so every one paid page faults and zeroing again: measured
+here, about 1.3 CPU seconds of kernel time per GiB on the sender, and about 2 CPU seconds
+per GB of chunks in the relay. Raising the mmap threshold and the trim threshold makes the
+freed buffers be reused instead. The heap then keeps at most the peak of buffers in flight.
 
-Process-wide, so only the command-line entry point calls it, never the library.
+Process-wide, so only the entry points call it (relay.tap.makeService and the command's
+main), never the library.
 """
 
 from __future__ import annotations
