@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--drop", action="store_true",
                       help="if nobody comes within --wait, leave a dead drop and print a "
                            "drop code")
-    send.add_argument("--name", help="the file name for stdin (default stdin)")
+    send.add_argument("--name", help="the file name for stdin (default stdin); stdin is "
+                                     "streamed live as it is read (never resumed)")
     send.add_argument("--limit-rate", type=_byte_count, metavar="RATE",
                       help="send at most RATE bytes/s (like 500k, 10M)")
 
@@ -153,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     receive.add_argument("-o", "--output", metavar="DIR", help="where to write (default: .)")
     receive.add_argument("--stdout", action="store_true",
-                         help="write the received file to stdout (once verified)")
+                         help="write the received file to stdout: live, as it arrives (its "
+                              "SHA-256 is checked at the end and a mismatch or a cut exits "
+                              "4, but what was already written cannot be taken back); a "
+                              "dead drop's file once verified")
     receive.add_argument("--overwrite", choices=["never", "ask", "always"], default="never",
                          help="existing files: never (default), ask, always")
     receive.add_argument("-y", "--yes", action="store_true", help="accept without asking")
@@ -285,7 +289,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     code = outcome.get("code", EXIT_INTERRUPTED)
     if code == EXIT_INTERRUPTED:
         print("\nrelay: interrupted", file=sys.stderr)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass  # stdout's reader went away: the exit code already says how the run ended
     # os._exit skips waiting on the thread pool (a proof-of-work search that was cancelled).
     sys.stderr.flush()
     os._exit(code)

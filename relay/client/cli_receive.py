@@ -69,7 +69,8 @@ def _asker(ctx: Context) -> Callable[[str], bool]:
 @contextmanager
 def _output_root(ctx: Context) -> Iterator[Path]:
     """Where received files go: --output (created if missing), the current folder, or for
-    --stdout a private temporary folder (the file is shown only once verified)."""
+    --stdout a private temporary folder (a live file goes to stdout as it arrives; a dead
+    drop's file is kept there and shown only once verified)."""
     if ctx.args.stdout:
         root = Path(tempfile.mkdtemp(prefix="relay-receive-"))
         try:
@@ -87,6 +88,29 @@ def _output_root(ctx: Context) -> Iterator[Path]:
     yield root
 
 
+class TextFirst:
+    """--stdout of a live transfer: the binary stdout, with the offer's text (if any) written
+    just before the file's first bytes, as the text came first when both were sent."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.pending: bytes | None = None
+
+    def write(self, block: bytes) -> None:  # a worker thread, in order
+        if self.pending is not None:
+            self.out.write(self.pending)
+            self.pending = None
+        self.out.write(block)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close_text(self) -> None:
+        """Write the text if no byte came to carry it (an empty file, or text only)."""
+        self.write(b"")
+        self.flush()
+
+
 class Receiver:
     """One `relay receive` run: what it wrote, for the summary and --stdout."""
 
@@ -94,6 +118,7 @@ class Receiver:
         self.ctx = ctx
         self.root = root
         self.files: list[Path] = []
+        self.streamed = 0  # files written to stdout as they arrived
         self.texts: list[str] = []
         self.bytes = 0
         self.resumed = 0
@@ -103,20 +128,28 @@ class Receiver:
     async def live(self, code: str, who: str = "the sender") -> ReceiveResult:
         ctx = self.ctx
         bar = ctx.progress_bar("receive")
+        output = TextFirst(ctx.stdout.buffer) if ctx.args.stdout else None
 
-        def confirm(entries: list[tuple[str, bool, int]], text: str | None) -> bool:
+        def confirm(entries: list[tuple[str, bool, int | None]], text: str | None) -> bool:
             files = [e for e in entries if not e[1]]
-            size = sum(e[2] for e in files)
-            ctx.say(f"{who} offers {len(files)} file(s), {human_bytes(size)}"
+            size = human_bytes(sum(e[2] or 0 for e in files))
+            if any(e[2] is None for e in files):
+                size = "a stream of unknown size" if len(files) == 1 else f"{size} and a stream"
+            ctx.say(f"{who} offers {len(files)} file(s), {size}"
                     + (" and a text" if text is not None else ""))
             if ctx.args.yes or not ctx.interactive():
-                return True
-            return ctx.ask_yes_no("Accept?")
+                accepted = True
+            else:
+                accepted = ctx.ask_yes_no("Accept?")
+            if accepted and output is not None and text is not None:
+                output.pending = text.encode("utf-8", "replace")  # the text is the data
+            return accepted
 
         try:
             result = await live_receive(ctx.reactor, ctx.relay_url, code, self.root,
                                         limits=_limits(ctx), overwrite=self._overwrite(),
-                                        ask=_asker(ctx), confirm_offer=confirm, progress=bar)
+                                        ask=_asker(ctx), confirm_offer=confirm, progress=bar,
+                                        stdout=output)
         except ChannelClosed:
             raise WrongCodeError("the sender ended the exchange: the code is probably wrong "
                                  "(a code works once; ask for a new one)") from None
@@ -129,15 +162,19 @@ class Receiver:
             raise
         finally:
             bar.finish()
-        offered = sum(os.path.getsize(p) for p in result.files)
+        offered = sum(os.path.getsize(p) for p in result.files) + (
+            result.bytes_received if result.to_output else 0)
         self.resumed += offered - result.bytes_received
         self.files += result.files
+        self.streamed += result.to_output
         self.bytes += result.bytes_received
         if result.text is not None:
             self.texts.append(result.text)
-            if ctx.args.stdout:  # the text is the data
-                ctx.stdout.write(result.text)
-                ctx.stdout.flush()
+            if output is not None:
+                try:
+                    output.close_text()
+                except BrokenPipeError:
+                    raise TransferError("stdout was closed (its reader went away)") from None
             else:
                 print(f"Message from {who}:\n{printable_text(result.text)}",
                       file=ctx.stdout, flush=True)
@@ -340,7 +377,8 @@ def _finish(ctx: Context, receiver: Receiver) -> int:
             with open(files[0], "rb") as f:
                 shutil.copyfileobj(f, ctx.stdout.buffer, 1024 * 1024)
             ctx.stdout.buffer.flush()
-    summary = f"Received {len(receiver.files)} file(s), {human_bytes(receiver.bytes)}"
+    count = len(receiver.files) + receiver.streamed
+    summary = f"Received {count} file(s), {human_bytes(receiver.bytes)}"
     if receiver.resumed:
         summary += f" (resumed: {human_bytes(receiver.resumed)} were already here)"
     ctx.say(summary + ".")

@@ -5,6 +5,12 @@ send PATH...            live, by code phrase; with --drop, a dead drop under a d
 send --to NAME PATH...  a live offer in the contact's mailbox, then (after --wait) a dead
                         drop in it; --wait 0 goes straight to the drop
 message --to NAME TEXT  a short text, boxed to the contact, through the plain mailbox
+
+stdin ("-") is sent live as a stream: read as the receiver takes it, in records, with no
+temporary file and no size known up front. Only a dead drop needs the whole of it first
+(the file API states each file's size and MD5 before the first chunk): if the transfer
+falls back to a drop, stdin, not yet read, is then spooled to a private temporary file,
+up to STDIN_DROP_MAX bytes.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from relay.client import codes
 from relay.client.cli_context import Context, UsageError
 from relay.client.contacts import Contact
 from relay.client.drop import send_drop
-from relay.client.errors import TransferError
+from relay.client.errors import ClientError, TransferError
 from relay.client.inbox import FORMAT_VERSION, OFFER_TYPE, box_text, send_json
 from relay.client.live import NobodyCame, effective_wait, run_live_send, start_live_send
 from relay.client.progress import human_bytes
@@ -30,49 +37,86 @@ from relay.crypto import h2
 
 STDIN = "-"
 DEFAULT_STDIN_NAME = "stdin"
+# The most of stdin spooled to disk for a dead drop (a relay's own per-file cap, 1 GiB by
+# default, may refuse less); a live transfer has no such cap on the sender's side.
+STDIN_DROP_MAX = 4 * 1024 ** 3
+_SPOOL_BLOCK = 1024 * 1024
 
 
-@contextmanager
-def _sources(ctx: Context) -> Iterator[list[SourceEntry]]:
-    """The entries to send; stdin ("-") is first spooled to a private temporary file, so
-    its size and hash are known up front (the offer states sizes) and a resume can work."""
+def _sources(ctx: Context) -> list[SourceEntry]:
+    """The entries to send; stdin ("-") is a stream entry, read only while it is sent."""
     args = ctx.args
     paths = list(args.paths)
     if paths.count(STDIN) > 1:
         raise UsageError("stdin (-) can be sent only once")
     if not paths and args.text is None:
         raise UsageError("nothing to send: give paths, - for stdin, or --text")
-    spool = None
+    entries: list[SourceEntry] = []
+    for path in paths:
+        if path == STDIN:
+            entries.append(SourceEntry.of_stream(_stdin_name(ctx), _stdin_bytes(ctx)))
+        else:
+            try:
+                entries += collect_sources([Path(path)])
+            except TransferError as e:
+                raise UsageError(str(e)) from None
+    seen = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise UsageError(f"two paths would arrive as {printable_name(entry.name)}")
+        seen.add(entry.name)
+    return entries
+
+
+def _stdin_name(ctx: Context) -> str:
+    name = ctx.args.name or DEFAULT_STDIN_NAME
     try:
-        entries: list[SourceEntry] = []
-        for path in paths:
-            if path == STDIN:
-                name = args.name or DEFAULT_STDIN_NAME
-                try:
-                    check_relative_name(name)
-                except Exception as e:
-                    raise UsageError(f"--name: {e}") from None
-                if "/" in name:
-                    raise UsageError("--name is a file name, not a path")
-                spool = Path(tempfile.mkdtemp(prefix="relay-stdin-"))
-                target = spool / name
-                with open(target, "wb") as out:
-                    shutil.copyfileobj(ctx.stdin.buffer, out, 1024 * 1024)
-                entries += collect_sources([target])
-            else:
-                try:
-                    entries += collect_sources([Path(path)])
-                except TransferError as e:
-                    raise UsageError(str(e)) from None
-        seen = set()
-        for entry in entries:
-            if entry.name in seen:
-                raise UsageError(f"two paths would arrive as {printable_name(entry.name)}")
-            seen.add(entry.name)
+        check_relative_name(name)
+    except ClientError as e:
+        raise UsageError(f"--name: {e}") from None
+    if "/" in name:
+        raise UsageError("--name is a file name, not a path")
+    return name
+
+
+def _stdin_bytes(ctx: Context) -> Any:
+    reader = getattr(ctx.stdin, "buffer", None)
+    if reader is None:
+        raise UsageError("stdin is not a byte stream here")
+    return reader
+
+
+@contextmanager
+def _spooled(entries: list[SourceEntry]) -> Iterator[list[SourceEntry]]:
+    """The entries with a stream replaced by a private temporary copy of it (a dead drop
+    must know sizes and digests before it uploads); the copy is removed afterwards."""
+    if not any(e.is_stream for e in entries):
         yield entries
+        return
+    spool = Path(tempfile.mkdtemp(prefix="relay-stdin-"))
+    try:
+        spooled = []
+        for entry in entries:
+            if entry.is_stream:
+                target = spool / entry.name
+                _copy_capped(entry.stream, target, STDIN_DROP_MAX)
+                spooled += collect_sources([target])
+            else:
+                spooled.append(entry)
+        yield spooled
     finally:
-        if spool is not None:
-            shutil.rmtree(spool, ignore_errors=True)
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _copy_capped(reader: Any, target: Path, cap: int) -> None:
+    copied = 0
+    with open(target, "wb") as out:
+        while block := reader.read(_SPOOL_BLOCK):
+            copied += len(block)
+            if copied > cap:
+                raise TransferError(f"stdin is over {human_bytes(cap)}: too big to leave as "
+                                    f"a dead drop (send it live)")
+            out.write(block)
 
 
 def _check_text(text: str | None) -> str | None:
@@ -86,8 +130,10 @@ def _summary(entries: list[SourceEntry], text: str | None) -> str:
     folders = sum(1 for e in entries if e.is_dir)
     parts = []
     if files:
-        parts.append(f"{files} file{'s' if files != 1 else ''} "
-                     f"({human_bytes(sum(e.size for e in entries))})")
+        size = human_bytes(sum(e.size or 0 for e in entries))
+        if any(e.is_stream for e in entries):
+            size = "stdin, size unknown" if files == 1 else f"{size} and stdin"
+        parts.append(f"{files} file{'s' if files != 1 else ''} ({size})")
     if folders:
         parts.append(f"{folders} folder{'s' if folders != 1 else ''}")
     if text is not None:
@@ -100,10 +146,10 @@ async def cmd_send(ctx: Context) -> int:
     text = _check_text(args.text)
     if args.to is not None:
         contact = ctx.contacts().get(args.to)  # before reading stdin: fail fast
-    with _sources(ctx) as entries:
-        if args.to is not None:
-            return await _send_to_contact(ctx, contact, entries, text)
-        return await _send_by_code(ctx, entries, text)
+    entries = _sources(ctx)
+    if args.to is not None:
+        return await _send_to_contact(ctx, contact, entries, text)
+    return await _send_by_code(ctx, entries, text)
 
 
 async def _send_by_code(ctx: Context, entries: list[SourceEntry], text: str | None) -> int:
@@ -148,8 +194,9 @@ async def _send_drop_code(ctx: Context, entries: list[SourceEntry], text: str | 
     client = ctx.mailbox(drop_sender)
     bar = ctx.progress_bar("drop")
     try:
-        await send_drop(client, drop_sender, bytes(drop_recipient.public_key), entries,
-                        text=text, progress=bar)
+        with _spooled(entries) as files:
+            await send_drop(client, drop_sender, bytes(drop_recipient.public_key), files,
+                            text=text, progress=bar)
     finally:
         bar.finish()
     print(f"Left on the relay. Give the recipient this drop code (instead of the code "
@@ -186,8 +233,9 @@ async def _send_to_contact(ctx: Context, contact: Contact, entries: list[SourceE
             bar.finish()
     bar = ctx.progress_bar("drop")
     try:
-        sent = await send_drop(client, identity.private_key, contact.public_key, entries,
-                               text=text, progress=bar)
+        with _spooled(entries) as files:
+            sent = await send_drop(client, identity.private_key, contact.public_key, files,
+                                   text=text, progress=bar)
     finally:
         bar.finish()
     ctx.say(f"Left {_summary(entries, text)} in {contact.name}'s mailbox "

@@ -11,6 +11,10 @@ reactor thread:
 - `WriteBehind` (recipient): writes the received blocks while the reactor opens the next
   records; at most `depth` blocks wait for the disk, then the caller waits.
 - `BackgroundHash`: a digest fed in order on the hash thread; `hexdigest()` waits for it.
+- `StreamReadAhead` (sender, stdin): blocks of a pipe-like stream of unknown length, each
+  as much as is ready at once (up to the block size), until the stream ends.
+- `StreamWriteBehind` (recipient, --stdout): `WriteBehind` to a binary stream, each block
+  flushed so that whatever reads our stdout sees it at once.
 
 Each worker is one thread running jobs in submission order (so the hash sees the blocks in
 file order). Every disk job's Deferred is awaited, or its failure consumed by `settle()`,
@@ -20,8 +24,10 @@ digest and immutable bytes.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
+import select
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -196,11 +202,13 @@ class WriteBehind(_Pipeline):
         super().__init__(worker, depth)
         self.fd = fd
         self.hash = hash
+        self.queued = 0  # bytes handed to write() so far
 
     async def write(self, block: bytes) -> None:
         """Queue block; waits (and raises the first failure) once `depth` are queued. After
         a failure the caller must `settle()` before closing the file."""
         self.pending.append(self.worker.submit(self._write, block))
+        self.queued += len(block)
         self.hash.update(block)
         while len(self.pending) >= self.depth:
             await self.pending.popleft()
@@ -220,3 +228,108 @@ class WriteBehind(_Pipeline):
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
+
+
+def _read_some(f: Any, size: int) -> bytes:  # worker thread
+    """Up to size bytes, blocking only until some are there (one raw read at most)."""
+    read1 = getattr(f, "read1", None)
+    block = read1(size) if read1 is not None else f.read(size)
+    return block or b""
+
+
+def _more_ready(f: Any) -> bool:  # worker thread
+    """Whether a read of f would return at once (always, for what select cannot watch)."""
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return True
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class StreamReadAhead(_Pipeline):
+    """The blocks of a stream of unknown length (stdin) until its end, each given to `hash`
+    as it is handed out. A block is what is ready at once, up to block_size: a fast producer
+    fills whole blocks, a slow one's bytes go out as they come instead of waiting for a
+    full block. At most `depth` reads are queued.
+
+    A read of a pipe may block for as long as its writer likes, so a failing caller calls
+    `abandon()` rather than `settle()`: the stream is not ours to close, and a read still
+    blocked on it touches nothing that is freed."""
+
+    def __init__(self, worker: SerialWorker, f: Any, hash: BackgroundHash, block_size: int,
+                 depth: int = DEFAULT_DEPTH) -> None:
+        super().__init__(worker, depth)
+        if block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        self.f = f
+        self.hash = hash
+        self.block_size = block_size
+        self._eof_read = False  # worker thread: the stream ended; later reads return b""
+        self._ended = False  # reactor thread: the end was handed out
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self.pending) < self.depth and not self._ended:
+            self.pending.append(self.worker.submit(self._read))
+
+    def _read(self) -> bytes:  # worker thread
+        if self._eof_read:
+            return b""
+        first = _read_some(self.f, self.block_size)
+        if not first:
+            self._eof_read = True
+            return b""
+        parts, got = [first], len(first)
+        while got < self.block_size and _more_ready(self.f):
+            more = _read_some(self.f, self.block_size - got)
+            if not more:
+                self._eof_read = True
+                break
+            parts.append(more)
+            got += len(more)
+        return first if len(parts) == 1 else b"".join(parts)
+
+    def next_read(self) -> Deferred[bytes] | None:
+        """The oldest queued read (None after the end); pass its result to `take()`."""
+        if self._ended or not self.pending:
+            return None
+        job = self.pending.popleft()
+        self._fill()  # keep reading while this block is sealed and sent
+        return job
+
+    def take(self, block: bytes) -> bytes | None:
+        """The block a read returned, its hashing queued; None at the end of the stream."""
+        if not block:
+            self._ended = True
+            return None
+        self.hash.update(block)
+        return block
+
+    async def next(self) -> bytes | None:
+        """The next block; None at the end of the stream."""
+        job = self.next_read()
+        return None if job is None else self.take(await job)
+
+    def abandon(self) -> None:
+        """Stop: queued reads finish on their own; their results and failures are dropped."""
+        self._ended = True
+        while self.pending:
+            self.pending.popleft().addErrback(_swallow)
+
+
+class StreamWriteBehind(WriteBehind):
+    """WriteBehind to a binary stream (stdout), each block written whole and flushed so that
+    a reader downstream gets it at once. A closed pipe fails the write (BrokenPipeError):
+    Python ignores SIGPIPE, so the process is not killed by it."""
+
+    def __init__(self, worker: SerialWorker, out: Any, hash: BackgroundHash,
+                 depth: int = DEFAULT_DEPTH) -> None:
+        super().__init__(worker, -1, hash, depth)
+        self.out = out
+
+    def _write(self, block: bytes) -> None:  # worker thread
+        self.out.write(block)
+        self.out.flush()

@@ -168,13 +168,15 @@ async def live_receive(reactor: Any, relay_url: str, code: str, root: Path, *,
                        overwrite: Overwrite = Overwrite.NEVER,
                        ask: Callable[[str], bool] | None = None,
                        confirm_offer: Any = None, progress: Progress | None = None,
-                       timeout: float = DEFAULT_WAIT) -> ReceiveResult:
+                       timeout: float = DEFAULT_WAIT, stdout: Any = None) -> ReceiveResult:
+    """Receive into root, or with stdout (a binary writer) the offer's one file into it as
+    it arrives (see receive_files)."""
     stapled = await connect_recipient(reactor, relay_url, codes.check_code(code),
                                       timeout=timeout)
     stream = open_stream(stapled, reactor)
     try:
         return await receive_files(stream, root, limits=limits, overwrite=overwrite, ask=ask,
                                    confirm_offer=confirm_offer, progress=progress,
-                                   reactor=reactor)
+                                   reactor=reactor, stdout=stdout)
     finally:
         await close_stream(stream, reactor)

@@ -39,7 +39,8 @@ def human_duration(seconds: float) -> str:
 
 
 class ProgressBar:
-    """Callable as a transfer's progress hook: bar(name, done_bytes, total_bytes)."""
+    """Callable as a transfer's progress hook: bar(name, done_bytes, total_bytes); a
+    negative total means unknown (a stream): bytes and rate only."""
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None,
                  clock: Callable[[], float] = time.monotonic, label: str = "") -> None:
@@ -62,11 +63,11 @@ class ProgressBar:
         return (d1 - d0) / (t1 - t0) if t1 > t0 else None
 
     def line(self, name: str, done: int, total: int) -> str:
+        if total < 0:
+            return self._open_ended_line(name, done)
         fraction = min(1.0, done / total) if total > 0 else 1.0
         filled = int(fraction * _BAR)
-        shown = printable_name(name)
-        if len(shown) > _NAME:
-            shown = "..." + shown[-(_NAME - 3):]
+        shown = self._shown(name)
         rate = self.rate()
         if rate is None or rate <= 0:
             speed, eta = "-- MB/s", "ETA --:--"
@@ -77,6 +78,18 @@ class ProgressBar:
         return (f"{prefix}{shown:<{_NAME}} {fraction * 100:5.1f}% [{'#' * filled:<{_BAR}}] "
                 f"{human_bytes(done)}/{human_bytes(total)} {speed} {eta}")
 
+    def _open_ended_line(self, name: str, done: int) -> str:
+        """A transfer of unknown total (a stream): bytes and rate, no percentage or ETA."""
+        rate = self.rate()
+        speed = f"{human_bytes(rate)}/s" if rate is not None and rate > 0 else "-- MB/s"
+        prefix = f"{self.label} " if self.label else ""
+        return f"{prefix}{self._shown(name):<{_NAME}} {human_bytes(done)} {speed}"
+
+    @staticmethod
+    def _shown(name: str) -> str:
+        shown = printable_name(name)
+        return "..." + shown[-(_NAME - 3):] if len(shown) > _NAME else shown
+
     def __call__(self, name: str, done: int, total: int) -> None:
         now = self.clock()
         self._samples.append((now, done))
@@ -85,7 +98,7 @@ class ProgressBar:
         self._last = (name, done, total)
         if not self.enabled:
             return
-        if now - self._last_draw < _REDRAW and done < total:
+        if now - self._last_draw < _REDRAW and (total < 0 or done < total):
             return
         self._last_draw = now
         self.stream.write("\r" + self.line(name, done, total) + "\x1b[K")

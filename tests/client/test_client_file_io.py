@@ -11,7 +11,7 @@ from twisted.internet import reactor
 
 from relay.client.errors import TransferError
 from relay.client.file_io import BackgroundHash, FileWorkers, ReadAhead, WriteBehind
-from relay.client.heap import keep_big_buffers
+from relay.heap import keep_big_buffers
 
 
 @pytest.fixture

@@ -60,3 +60,16 @@ def test_names_are_escaped_and_shortened():
     bar("\x1b]0;pwned\x07" + "x" * 100, 1, 2)
     assert "\x1b]" not in out.getvalue() and "\x07" not in out.getvalue()
     assert "..." in out.getvalue()
+
+
+def test_an_unknown_total_shows_bytes_and_rate_without_percent_or_eta():
+    out = io.StringIO()
+    now = [0.0]
+    bar = ProgressBar(out, enabled=True, clock=lambda: now[0], label="send")
+    for step in range(1, 4):
+        now[0] = step * 1.0
+        bar("stdin", step * 2_000_000, -1)
+    bar.finish()
+    last = out.getvalue().strip().split("\r")[-1]
+    assert "6.0 MB" in last and "2.0 MB/s" in last
+    assert "%" not in last and "ETA" not in last

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,10 +67,28 @@ class Background:
                 from None
         return Result(code, self.out.read_bytes(), self.stderr())
 
+    def feed(self, data: bytes) -> None:
+        """Write data to the process's stdin from a thread, then close it."""
+        def write() -> None:
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.write(data)
+                self.process.stdin.close()
+            except OSError:
+                pass  # the process ended first: its exit code tells the test
+
+        self._feeder = threading.Thread(target=write, daemon=True)
+        self._feeder.start()
+
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+        if self.process.stdin is not None:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
 
 
 class User:
@@ -101,21 +120,23 @@ class User:
         return Result(done.returncode, done.stdout, done.stderr.decode(errors="replace"))
 
     def start(self, *args: str, env: dict[str, str] | None = None,
-              stdin: bytes | None = None) -> Background:
+              stdin: bytes | None = None, stdin_pipe: bool = False) -> Background:
+        """Run the command in the background. stdin bytes are fed from a thread (a sender
+        reads stdin only once its receiver is there); with stdin_pipe the caller writes to
+        `job.process.stdin` itself and closes it."""
         self._count += 1
         out = self.cwd.parent / f"{self.name}-{self._count}.out"
         err = self.cwd.parent / f"{self.name}-{self._count}.err"
+        piped = stdin is not None or stdin_pipe
         with open(out, "wb") as out_f, open(err, "wb") as err_f:
             process = subprocess.Popen(
                 relay_command() + list(args), env=self.env(env), cwd=self.cwd,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
                 stdout=out_f, stderr=err_f)
-        if stdin is not None:
-            assert process.stdin is not None
-            process.stdin.write(stdin)
-            process.stdin.close()
         job = Background(process, out, err)
         self._background.append(job)
+        if stdin is not None:
+            job.feed(stdin)
         return job
 
     def public_key(self) -> str:
