@@ -204,7 +204,7 @@ class SplicePair:
     """Two sockets spliced together; `owner.splice_ended(pair)` is called once both are
     closed. `name` is the channel's, for the owner to close it."""
 
-    __slots__ = ("reactor", "owner", "name", "a", "b", "closed")
+    __slots__ = ("reactor", "owner", "name", "a", "b", "closed", "started")
 
     def __init__(self, a_fd: int, b_fd: int, reactor: Any, owner: SpliceOwner,
                  name: str) -> None:
@@ -212,6 +212,8 @@ class SplicePair:
         self.owner = owner
         self.name = name
         self.closed = False
+        # When the pair was stapled, for the log line the owner writes when it ends.
+        self.started = reactor.seconds()
         self.a, self.b = _End(self, a_fd), _End(self, b_fd)
         self.a.partner, self.b.partner = self.b, self.a
 

@@ -212,11 +212,14 @@ class StapleListener(Factory):
     def pair_ended(self, conn: StapleProtocol, partner: StapleProtocol) -> None:
         self.pairs.discard(conn)
         self.pairs.discard(partner)
+        log.info("a stapled pair ended")
         if conn.channel_name is not None:
             self._close_channel(conn.channel_name)
 
     def splice_ended(self, pair: SplicePair) -> None:
         self.pairs.discard(pair)
+        log.info("a stapled pair ended after {seconds:.1f}s",
+                 seconds=self.clock.seconds() - pair.started)
         self._close_channel(pair.name)
 
     def _close_channel(self, name: str) -> None:
