@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 
 from relay.client.errors import ContactError
-from relay.client.home import ensure_home, read_private_file, write_private_file
+from relay.client.home import ensure_home, read_private_json, write_private_file
 from relay.client.identity import fingerprint
 from relay.crypto import KEY_LEN, EncodingError, b64decode, b64encode, h2
 
@@ -65,17 +65,11 @@ class ContactBook:
 
     def _load(self) -> dict[str, Contact]:
         try:
-            data = read_private_file(self.path, _MAX_FILE)
+            fields = read_private_json(self.path, _MAX_FILE, _FORMAT_VERSION, ContactError,
+                                   "contacts")
         except FileNotFoundError:
             return {}
-        except (PermissionError, ValueError) as e:
-            raise ContactError(str(e)) from None
-        except OSError as e:
-            raise ContactError(f"cannot read {self.path}: {e.strerror}") from None
         try:
-            fields = json.loads(data)
-            if fields.get("version") != _FORMAT_VERSION:
-                raise ValueError("unknown version")
             contacts = {}
             for name, entry in fields["contacts"].items():
                 contact = Contact(check_name(name), b64decode(entry["public_key"], KEY_LEN),

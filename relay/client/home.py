@@ -7,10 +7,12 @@ so a crash never leaves half a key behind.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 ENV_HOME = "RELAY_HOME"
 
@@ -50,6 +52,30 @@ def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> N
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
+
+
+def read_private_json(path: Path, max_bytes: int, version: int,
+                      error: type[Exception], what: str) -> dict[str, Any]:
+    """The JSON object of a file the client wrote (private, small, of this format version).
+
+    FileNotFoundError passes through (callers decide what a missing file means); any other
+    problem raises `error` with a message for the user.
+    """
+    try:
+        data = read_private_file(path, max_bytes)
+    except FileNotFoundError:
+        raise
+    except (PermissionError, ValueError) as e:
+        raise error(str(e)) from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None
+    try:
+        fields = json.loads(data)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict) or fields.get("version") != version:
+        raise error(f"{path} is not a relay {what} file")
+    return fields
 
 
 def read_private_file(path: Path, max_bytes: int) -> bytes:

@@ -14,7 +14,7 @@ import attrs
 from nacl.public import PrivateKey
 
 from relay.client.errors import IdentityError
-from relay.client.home import ensure_home, read_private_file, write_private_file
+from relay.client.home import ensure_home, read_private_json, write_private_file
 from relay.crypto import KEY_LEN, EncodingError, b64decode, b64encode, h2
 
 IDENTITY_FILE = "identity.json"
@@ -59,17 +59,11 @@ class Identity:
 def load_identity(home: Path) -> Identity:
     path = home / IDENTITY_FILE
     try:
-        data = read_private_file(path, _MAX_FILE)
+        fields = read_private_json(path, _MAX_FILE, _FORMAT_VERSION, IdentityError,
+                                   "identity")
     except FileNotFoundError:
         raise IdentityError(f"no identity yet in {home}") from None
-    except (PermissionError, ValueError) as e:
-        raise IdentityError(str(e)) from None
-    except OSError as e:
-        raise IdentityError(f"cannot read {path}: {e.strerror}") from None
     try:
-        fields = json.loads(data)
-        if fields.get("version") != _FORMAT_VERSION:
-            raise ValueError("unknown version")
         secret = b64decode(fields["secret_key"], KEY_LEN)
     except (ValueError, KeyError, TypeError, AttributeError, EncodingError):
         raise IdentityError(f"{path} is not a relay identity file") from None
