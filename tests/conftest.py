@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import settings
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 
@@ -23,6 +24,11 @@ from relay.store import open_store
 from tests.redis_server import RedisServer
 
 STORE_KINDS = ["memory", "redis"]
+
+# Property tests here do I/O (files, sockets, Redis): a per-example deadline would only
+# measure how busy the machine is. Failures still print the example that reproduces them.
+settings.register_profile("relay", deadline=None, print_blob=True)
+settings.load_profile("relay")
 
 
 @pytest.fixture(scope="session")
