@@ -31,6 +31,13 @@ settings.register_profile("relay", deadline=None, print_blob=True)
 settings.load_profile("relay")
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory, so relative defaults (the relay's files
+    directory and seed, a client's output) never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer.running() as server:
