@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -110,17 +111,13 @@ async def test_proof_of_work_timeout_stops_the_search():
         await d
 
 
-@pytest_twisted.ensureDeferred
-async def test_file_commands_round_trip_with_the_double():
-    double = ZaxDouble()
-    clock = wall_clock()
-    alice, bob = make_client(double, clock), make_client(double, clock)
-    meta_nonce = os.urandom(24)
+async def file_round_trip(alice, bob) -> tuple[Any, bytes]:
+    """Start a file, upload its one chunk, check its status and notice, download it, delete
+    it: the same steps against the stand-in and the real relay. (started, chunk nonce)."""
+    meta_nonce, chunk_nonce = os.urandom(24), os.urandom(24)
     started = await alice.start_file_upload(
         bob.hpk, 10, {"ctext": b64encode(b"boxed metadata"), "nonce": b64encode(meta_nonce)})
-    assert started.max_chunk_size == 512000 and len(started.storage_token) == 32
     assert (await alice.file_status(started.upload_id))["status"] == "START"
-    chunk_nonce = os.urandom(24)
     await alice.upload_file_chunk(started.upload_id, 0, chunk_nonce, b"\x00secret\xff", True)
     status = await bob.file_status(started.upload_id)
     assert status["status"] == "COMPLETE" and status["total_chunks"] == 1
@@ -132,6 +129,16 @@ async def test_file_commands_round_trip_with_the_double():
     assert await bob.delete_file(started.upload_id) is False
     with pytest.raises(FileNotFoundOnRelay):
         await bob.download_file_chunk(started.upload_id, 0)
+    return started, chunk_nonce
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_commands_round_trip_with_the_double():
+    double = ZaxDouble()
+    clock = wall_clock()
+    alice, bob = make_client(double, clock), make_client(double, clock)
+    started, chunk_nonce = await file_round_trip(alice, bob)
+    assert started.max_chunk_size == 512000 and len(started.storage_token) == 32
     with pytest.raises(FileNotFoundOnRelay):
         await alice.upload_file_chunk(started.upload_id, 1, chunk_nonce, b"x", True)
     # the chunk travels as the 4th line, outside the boxed command
@@ -210,18 +217,4 @@ async def test_file_commands_against_the_relay(tmp_path):
     clock = wall_clock()
     root = relay_root(clock, files={"directory": str(tmp_path)})
     alice, bob = make_client(root, clock), make_client(root, clock)
-    meta_nonce, chunk_nonce = os.urandom(24), os.urandom(24)
-    started = await alice.start_file_upload(
-        bob.hpk, 10, {"ctext": b64encode(b"boxed metadata"), "nonce": b64encode(meta_nonce)})
-    assert (await alice.file_status(started.upload_id))["status"] == "START"
-    await alice.upload_file_chunk(started.upload_id, 0, chunk_nonce, b"\x00secret\xff", True)
-    status = await bob.file_status(started.upload_id)
-    assert status["status"] == "COMPLETE" and status["total_chunks"] == 1
-    (message,) = await bob.download()
-    assert message["kind"] == "file" and message["nonce"] == b64encode(meta_nonce)
-    assert await bob.download_file_chunk(started.upload_id, 0) == (chunk_nonce,
-                                                                   b"\x00secret\xff")
-    assert await bob.delete_file(started.upload_id) is True
-    assert await bob.delete_file(started.upload_id) is False
-    with pytest.raises(FileNotFoundOnRelay):
-        await bob.download_file_chunk(started.upload_id, 0)
+    await file_round_trip(alice, bob)
