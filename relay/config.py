@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from relay.web.clients import client_key
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -45,6 +47,14 @@ def _difficulty(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(f"difficulty must be a whole number from 0 to 64, not {value!r}")
 
 
+def _prefix(bits: int) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bits:
+            raise ConfigError(f"{attribute.name} must be a whole number from 1 to {bits}, "
+                              f"not {value!r}")
+    return check
+
+
 def _chunk_store(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value not in ("disk", "store"):
         raise ConfigError(f"chunk_store must be 'disk' or 'store', not {value!r}")
@@ -73,6 +83,14 @@ class HTTPConfig:
     max_small_body: int = attrs.field(default=4 * KIB, validator=_positive_int)
     # A client that has not sent its whole request (headers and body) by then is dropped.
     request_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # Limits count clients by network, not by address: an IPv4 address, an IPv6 /64 (one
+    # host's share under SLAAC) by default.
+    ipv4_prefix: int = attrs.field(default=32, validator=_prefix(32))
+    ipv6_prefix: int = attrs.field(default=64, validator=_prefix(128))
+
+    def client_key(self, host: str) -> str:
+        """The key every per-client limit counts `host` under (see relay.web.clients)."""
+        return client_key(host, self.ipv4_prefix, self.ipv6_prefix)
 
 
 @attrs.frozen

@@ -29,6 +29,8 @@ class CommandContext:
     clock: IReactorTime
     data: dict[str, Any]
     extra_line: bytes | None
+    # The client's network (HTTPConfig.client_key), for per-client quotas and rates.
+    client: str = ""
 
     def encrypted(self, value: Any, *more_lines: str) -> list[str]:
         """ENC response: a fresh nonce and the boxed compact JSON of value (plus extra lines)."""
@@ -67,7 +69,8 @@ class CommandProcessor:
         if extra_line:
             self.takes_extra_line.add(name)
 
-    async def run(self, body: bytes) -> tuple[bytes | None, str | None, list[str]]:
+    async def run(self, body: bytes, client: str = ""
+                  ) -> tuple[bytes | None, str | None, list[str]]:
         """Returns (hpk, command name, response lines); raises HTTPError."""
         lines = split_lines(body, 4)
         if len(lines) not in (3, 4) or len(lines[0]) != 44 or len(lines[1]) != 32:
@@ -100,7 +103,7 @@ class CommandProcessor:
         extra_line = lines[3] if len(lines) == 4 else None
         if extra_line is not None and name not in self.takes_extra_line:
             raise bad_request(f"{name} takes no fourth line")
-        context = CommandContext(hpk, box, self.clock, data, extra_line)
+        context = CommandContext(hpk, box, self.clock, data, extra_line, client)
         return hpk, name, await handler(context)
 
 

@@ -39,7 +39,7 @@ class SessionHandshake:
         self.clock = clock
         self.nonces = NonceGuard(config, store, clock)
 
-    async def start_session(self, body: bytes) -> tuple[bytes, list[str]]:
+    async def start_session(self, body: bytes, client: str = "") -> tuple[bytes, list[str]]:
         """Returns (handshake key for logging, response lines)."""
         lines = split_lines(body, 8)
         if not lines:
@@ -57,7 +57,7 @@ class SessionHandshake:
             key, Handshake(client_token, relay_token), self.config.token_timeout)
         return key, [b64encode(relay_token), str(self.config.difficulty)]
 
-    async def verify_session(self, body: bytes) -> tuple[bytes, list[str]]:
+    async def verify_session(self, body: bytes, client: str = "") -> tuple[bytes, list[str]]:
         lines = split_lines(body, 2)
         if len(lines) != 2 or len(lines[0]) != 44 or len(lines[1]) != 44:
             raise bad_request("expected two lines: h2(client token) and the proof")
@@ -82,7 +82,7 @@ class SessionHandshake:
             return proof == h2(tokens)
         return meets_difficulty(h2(tokens + proof), self.config.difficulty)
 
-    async def prove(self, body: bytes) -> tuple[bytes, list[str]]:
+    async def prove(self, body: bytes, client: str = "") -> tuple[bytes, list[str]]:
         lines = split_lines(body, 4)
         if len(lines) != 4 or tuple(len(line) for line in lines) != PROVE_LINE_LENGTHS:
             raise bad_request("expected four lines of 44, 44, 32 and 256 characters")

@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from relay.config import RelayConfig
+from relay.config import HTTPConfig, RelayConfig
 from relay.mailbox.commands import CommandProcessor
 from relay.mailbox.handshake import SessionHandshake
 from relay.mailbox.messages import MessageCommands
@@ -19,8 +19,9 @@ from relay.web.errors import HTTPError
 from relay.web.respond import respond_later
 from relay.web.root import refuse
 
-# An endpoint's work: the body in, (response lines, what to log) out.
-Step = Callable[[bytes], Awaitable[tuple[list[str], str]]]
+# An endpoint's work: the body and the client's key (HTTPConfig.client_key) in,
+# (response lines, what to log) out.
+Step = Callable[[bytes, str], Awaitable[tuple[list[str], str]]]
 
 
 def log_id(key: bytes | None) -> str:
@@ -31,11 +32,12 @@ def log_id(key: bytes | None) -> str:
 class MailboxEndpoint(Resource):
     isLeaf = True
 
-    def __init__(self, name: str, step: Step, max_body: int) -> None:
+    def __init__(self, name: str, step: Step, max_body: int, config: HTTPConfig) -> None:
         super().__init__()
         self.name = name
         self.step = step
         self.max_body = max_body
+        self.config = config
 
     def render(self, request: Request) -> object:
         if request.method != b"POST":
@@ -46,17 +48,19 @@ class MailboxEndpoint(Resource):
         body = request.content.read(self.max_body + 1)
         if len(body) > self.max_body:
             raise HTTPError(413, "request body too large")
-        lines, detail = await self.step(body)
+        client = self.config.client_key(request.getClientAddress().host)
+        lines, detail = await self.step(body, client)
         return join_lines(*lines), detail
 
 
-async def _handshake_step(step: Callable, body: bytes) -> tuple[list[str], str]:
-    key, lines = await step(body)
+async def _handshake_step(step: Callable, body: bytes, client: str) -> tuple[list[str], str]:
+    key, lines = await step(body, client=client)
     return lines, log_id(key)
 
 
-async def _command_step(processor: CommandProcessor, body: bytes) -> tuple[list[str], str]:
-    hpk, name, lines = await processor.run(body)
+async def _command_step(processor: CommandProcessor, body: bytes,
+                        client: str) -> tuple[list[str], str]:
+    hpk, name, lines = await processor.run(body, client=client)
     return lines, f"{name} {log_id(hpk)}"
 
 
@@ -69,9 +73,9 @@ def build_mailbox(config: RelayConfig, store: Store, clock: IReactorTime
     small = config.http.max_small_body
     children: dict[bytes, Resource] = {
         b"command": MailboxEndpoint("command", partial(_command_step, processor),
-                                    config.http.max_command_body),
+                                    config.http.max_command_body, config.http),
     }
     for name in ("start_session", "verify_session", "prove"):
         step = partial(_handshake_step, getattr(handshake, name))
-        children[name.encode()] = MailboxEndpoint(name, step, small)
+        children[name.encode()] = MailboxEndpoint(name, step, small, config.http)
     return children, processor
