@@ -47,6 +47,11 @@ def _difficulty(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(f"difficulty must be a whole number from 0 to 64, not {value!r}")
 
 
+def _max_difficulty(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        raise ConfigError(f"{attribute.name} must be a whole number from 0 to 64, not {value!r}")
+
+
 def _prefix(bits: int) -> Any:
     def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bits:
@@ -115,6 +120,20 @@ class StoreConfig:
 @attrs.frozen
 class MailboxConfig:
     difficulty: int = attrs.field(default=0, validator=_difficulty)
+    # Adaptive proof of work (relay/mailbox/difficulty.py): `difficulty` is the floor; above
+    # difficulty_target_rate handshakes/s on this node one more bit per doubling of the rate,
+    # up to max_difficulty (at or below `difficulty`: fixed). 16 bits cost a browser about a
+    # second, so a flood cannot lock real clients out for long.
+    max_difficulty: int = attrs.field(default=16, validator=_max_difficulty)
+    difficulty_target_rate: float = attrs.field(default=20.0, validator=_positive)
+    # A client network above this many handshakes/s of its own pays extra bits by the same
+    # rule (0: no per-client extra); counted in difficulty_client_slots cells per sketch row.
+    difficulty_client_rate: float = attrs.field(default=2.0, validator=_non_negative)
+    difficulty_client_slots: int = attrs.field(default=4096, validator=_positive_int)
+    # The rate is measured over this many seconds; a level holds at least difficulty_cooldown
+    # seconds before it falls (hysteresis, so the announced difficulty does not flap).
+    difficulty_window: float = attrs.field(default=10.0, validator=_positive)
+    difficulty_cooldown: float = attrs.field(default=60.0, validator=_non_negative)
     token_timeout: float = attrs.field(default=5 * MINUTE, validator=_positive)
     session_timeout: float = attrs.field(default=20 * MINUTE, validator=_positive)
     max_nonce_diff: float = attrs.field(default=60.0, validator=_positive)

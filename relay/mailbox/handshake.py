@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import attrs
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 from twisted.internet.interfaces import IReactorTime
@@ -20,6 +21,7 @@ from relay.crypto import (
     h2,
     meets_difficulty,
 )
+from relay.mailbox.difficulty import AdaptiveDifficulty
 from relay.mailbox.nonces import NonceGuard
 from relay.mailbox.wire import decode_field, split_lines
 from relay.store import Store
@@ -38,6 +40,8 @@ class SessionHandshake:
         self.store = store
         self.clock = clock
         self.nonces = NonceGuard(config, store, clock)
+        # The difficulty moves with this node's handshake rate; `difficulty.current()` reads it.
+        self.difficulty = AdaptiveDifficulty(config, clock.seconds)
 
     async def start_session(self, body: bytes, client: str = "") -> tuple[bytes, list[str]]:
         """Returns (handshake key for logging, response lines)."""
@@ -53,9 +57,14 @@ class SessionHandshake:
             raise unauthorized("expected one line: the 32-byte client token") from None
         relay_token = os.urandom(TOKEN_LEN)
         key = h2(client_token)
+        difficulty = self.difficulty.for_handshake(client)
+        # The handshake keeps the difficulty it was given, so /verify_session (here or on
+        # another node) checks that one, however the difficulty moved meanwhile. At the floor
+        # nothing is kept: the record stays readable by relays that keep no difficulty.
+        kept = None if difficulty == self.config.difficulty else difficulty
         await self.store.sessions.put_handshake(
-            key, Handshake(client_token, relay_token), self.config.token_timeout)
-        return key, [b64encode(relay_token), str(self.config.difficulty)]
+            key, Handshake(client_token, relay_token, difficulty=kept), self.config.token_timeout)
+        return key, [b64encode(relay_token), str(difficulty)]
 
     async def verify_session(self, body: bytes, client: str = "") -> tuple[bytes, list[str]]:
         lines = split_lines(body, 2)
@@ -70,17 +79,19 @@ class SessionHandshake:
             raise unauthorized("wrong proof")
         if handshake.session_sk is None:
             # A retried /verify_session gets the same key: the first answer may have been lost.
-            handshake = Handshake(handshake.client_token, handshake.relay_token,
-                                  bytes(PrivateKey.generate()))
+            handshake = attrs.evolve(handshake, session_sk=bytes(PrivateKey.generate()))
             await self.store.sessions.put_handshake(key, handshake, self.config.session_timeout)
         session_pk = bytes(PrivateKey(handshake.session_sk).public_key)
         return key, [b64encode(session_pk)]
 
     def _proof_is_valid(self, handshake: Handshake, proof: bytes) -> bool:
         tokens = handshake.client_token + handshake.relay_token
-        if self.config.difficulty == 0:
+        difficulty = handshake.difficulty
+        if difficulty is None:
+            difficulty = self.config.difficulty
+        if difficulty == 0:
             return proof == h2(tokens)
-        return meets_difficulty(h2(tokens + proof), self.config.difficulty)
+        return meets_difficulty(h2(tokens + proof), difficulty)
 
     async def prove(self, body: bytes, client: str = "") -> tuple[bytes, list[str]]:
         lines = split_lines(body, 4)

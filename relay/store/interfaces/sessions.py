@@ -15,6 +15,9 @@ class Handshake:
     relay_token: bytes
     # The relay's session secret key, set by /verify_session.
     session_sk: bytes | None = None
+    # The proof-of-work difficulty /start_session announced (it moves with load, and another
+    # node may verify). None: a record from before it was kept; the configured floor applies.
+    difficulty: int | None = None
 
 
 @attrs.frozen
