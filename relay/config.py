@@ -130,8 +130,8 @@ class MailboxConfig:
     # rule (0: no per-client extra); counted in difficulty_client_slots cells per sketch row.
     difficulty_client_rate: float = attrs.field(default=2.0, validator=_non_negative)
     difficulty_client_slots: int = attrs.field(default=4096, validator=_positive_int)
-    # The rate is measured over this many seconds; a level holds at least difficulty_cooldown
-    # seconds before it falls (hysteresis, so the announced difficulty does not flap).
+    # The rate is measured over this many seconds; it must stay low for difficulty_cooldown
+    # seconds before the difficulty falls (hysteresis, so it does not flap).
     difficulty_window: float = attrs.field(default=10.0, validator=_positive)
     difficulty_cooldown: float = attrs.field(default=60.0, validator=_non_negative)
     token_timeout: float = attrs.field(default=5 * MINUTE, validator=_positive)

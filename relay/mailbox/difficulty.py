@@ -7,9 +7,10 @@ handshake costs. The rule, kept simple enough to explain to an operator:
 - Up to `difficulty_target_rate` the difficulty is the configured `difficulty` (the floor).
   Above it, one more bit for each doubling of the rate: up to 2x the target +1 bit, up to 4x
   +2, up to 8x +3 ... never above `max_difficulty`.
-- It rises at once, and falls only when the rate has dropped to half of what the lower level
-  allows (hysteresis: a rate hovering at a threshold does not flap) and the level has held
-  for `difficulty_cooldown` seconds.
+- It rises at once. It falls only once the rate has stayed below half of what the current
+  level needs for `difficulty_cooldown` seconds (hysteresis: a rate hovering at a threshold
+  does not flap, and a flood that pauses does not find the door open), and then to the level
+  that twice the rate would ask for.
 - A client network handshaking faster than `difficulty_client_rate` on its own pays extra
   bits on top, by the same one-bit-per-doubling rule. Its counts live in a fixed-size
   count-min sketch: bounded memory whatever the number of clients, and a client cannot reset
@@ -153,7 +154,8 @@ class AdaptiveDifficulty:
         if self.adaptive and self.client_rate > 0:
             self.clients = ClientRates(config.difficulty_window, config.difficulty_client_slots)
         self.level = self.floor
-        self.changed_at = seconds()
+        # The last time the rate held the level up (hysteresis included).
+        self.busy_at = seconds()
 
     @property
     def adaptive(self) -> bool:
@@ -188,16 +190,16 @@ class AdaptiveDifficulty:
         rate = self.handshakes.rate(now)
         wanted = self._wanted(rate)
         if wanted > self.level:
-            self._change(wanted, now, rate)
-        elif self.level > self.floor and now - self.changed_at >= self.cooldown:
-            # Down only to the level that half this rate would have asked for: between
-            # a level's way up and its way down lies a factor of two.
-            lower = self._wanted(rate * 2)
-            if lower < self.level:
-                self._change(lower, now, rate)
+            self._change(wanted, rate)
+        # Down only to the level twice this rate would ask for: between a level's way up and
+        # its way down lies a factor of two.
+        lower = self._wanted(rate * 2)
+        if lower >= self.level:
+            self.busy_at = now
+        elif now - self.busy_at >= self.cooldown:
+            self._change(lower, rate)
 
-    def _change(self, level: int, now: float, rate: float) -> None:
+    def _change(self, level: int, rate: float) -> None:
         log.info("proof-of-work difficulty {old} -> {new} ({rate:.1f} handshakes/s)",
                  old=self.level, new=level, rate=rate)
         self.level = level
-        self.changed_at = now
