@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from relay.config import MailboxConfig, load_config
+from relay.config import ConfigError, MailboxConfig, load_config
 from relay.crypto import b64encode, h2, meets_difficulty, solve_pow
 from relay.mailbox.difficulty import (
     SKETCH_DEPTH,
@@ -23,6 +23,7 @@ from relay.mailbox.difficulty import (
 )
 from relay.mailbox.handshake import SessionHandshake
 from relay.store.interfaces.sessions import Handshake
+from relay.tap import Options
 from tests.mailbox_harness import MemoryRelay
 from tests.zax import crlf
 
@@ -272,3 +273,24 @@ async def test_handshake_difficulty_round_trips_through_the_store(store_factory)
         handshake = Handshake(os.urandom(32), os.urandom(32), os.urandom(32), difficulty)
         await sessions.put_handshake(key, handshake, 60.0)
         assert await sessions.get_handshake(key) == handshake
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("max_difficulty", 65), ("max_difficulty", -1), ("max_difficulty", 1.5),
+    ("difficulty_target_rate", 0), ("difficulty_client_rate", -1.0),
+    ("difficulty_client_slots", 0), ("difficulty_window", 0), ("difficulty_cooldown", -1),
+])
+def test_bad_pow_settings_fail_with_one_line(setting, value):
+    with pytest.raises(ConfigError, match=setting):
+        load_config(overrides={"mailbox": {setting: value}})
+
+
+def test_max_difficulty_option():
+    options = Options()
+    options.parseOptions(["--difficulty", "3", "--max-difficulty", "0"])
+    mailbox = options.relay_config.mailbox
+    assert (mailbox.difficulty, mailbox.max_difficulty) == (3, 0)
+    assert not AdaptiveDifficulty(mailbox, Clock().seconds).adaptive

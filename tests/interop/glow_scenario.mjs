@@ -360,7 +360,44 @@ async function dropsScenario(url, difficulty, specPath) {
   };
 }
 
-const SCENARIOS = { messages: messagesScenario, files: filesScenario, drops: dropsScenario };
+// The relay's difficulty moves (adaptive proof of work, test_interop_pow.py): alice after
+// alice (fresh identities, so each is a full handshake) connects and leaves bob a message,
+// `pace` ms apart, taking whatever difficulty /start_session announces, until one saw at
+// least `high` bits and a later one the floor again (or `seconds` pass). bob then reads them
+// all. <expected-difficulty> is the floor. Extra arguments: high, pace, seconds.
+async function movingScenario(url, floor, highText, paceText, secondsText) {
+  const [high, pace, seconds] = [Number(highText), Number(paceText), Number(secondsText)];
+  check([high, pace, seconds].every(Number.isFinite), "moving: high, pace and seconds needed");
+  const bob = await Mailbox.fromSeed("bob", randomBytes(32));
+  const seen = [...await connect(bob, url, floor, 0)];
+  const difficulties = [];
+  const deadline = Date.now() + seconds * 1000;
+  let highAt = -1;
+  // bob downloads one page: stay under the relay's download_page (100).
+  while (Date.now() < deadline && difficulties.length < 90) {
+    const alice = await Mailbox.fromSeed("alice", randomBytes(32));
+    await alice.keyRing.addGuest("bob", bob.keyRing.getPubCommKey());
+    await bob.keyRing.addGuest(`alice ${difficulties.length + 1}`, alice.keyRing.getPubCommKey());
+    checkEqual(await alice.connectToRelay(url), 0, "alice: connectToRelay message count");
+    const difficulty = alice.relayFactory.getInstance(url).difficulty;
+    check(Number.isInteger(difficulty) && difficulty >= floor,
+      `alice: difficulty ${difficulty} below the floor ${floor}`);
+    difficulties.push(difficulty);
+    await alice.upload(url, "bob", `message ${difficulties.length}`);
+    if (highAt < 0 && difficulty >= high) highAt = difficulties.length - 1;
+    if (highAt >= 0 && difficulty === floor) break;
+    await new Promise((resolve) => setTimeout(resolve, pace));
+  }
+  const inbox = await bob.download(url);
+  checkEqual(inbox.map((m) => m.data), difficulties.map((_, i) => `message ${i + 1}`),
+    "bob: every alice's message, oldest first");
+  seen.push(...await sessionMaterial(bob, url));
+  return { results: { difficulties }, seen };
+}
+
+const SCENARIOS = {
+  messages: messagesScenario, files: filesScenario, drops: dropsScenario, moving: movingScenario,
+};
 
 async function main(argv) {
   const [url, name, difficultyText, ...extra] = argv;
