@@ -122,9 +122,9 @@ class MailboxConfig:
     difficulty: int = attrs.field(default=0, validator=_difficulty)
     # Adaptive proof of work (relay/mailbox/difficulty.py): `difficulty` is the floor; above
     # difficulty_target_rate handshakes/s on this node one more bit per doubling of the rate,
-    # up to max_difficulty (at or below `difficulty`: fixed). 16 bits cost a browser about a
-    # second, so a flood cannot lock real clients out for long.
-    max_difficulty: int = attrs.field(default=16, validator=_max_difficulty)
+    # up to max_difficulty (at or below `difficulty`: fixed). glow.ts hashes about 10^4 times
+    # a second, so 14 bits cost it about 1.5 s: a flood slows real clients, never locks them out.
+    max_difficulty: int = attrs.field(default=14, validator=_max_difficulty)
     difficulty_target_rate: float = attrs.field(default=20.0, validator=_positive)
     # A client network above this many handshakes/s of its own pays extra bits by the same
     # rule (0: no per-client extra); counted in difficulty_client_slots cells per sketch row.

@@ -16,7 +16,7 @@ _SETTINGS: list[tuple[str, str, str, type, str]] = [
     ("store", "store", "url", str, "'memory' (default) or a redis:// URL"),
     ("difficulty", "mailbox", "difficulty", int, "proof-of-work difficulty in bits [default: 0]"),
     ("max-difficulty", "mailbox", "max_difficulty", int, "most bits the difficulty rises to "
-     "under load; at or below --difficulty it stays fixed [default: 16]"),
+     "under load; at or below --difficulty it stays fixed [default: 14]"),
     ("staple", "rendezvous", "staple_endpoint", str,
      "TCP endpoint where peers staple [default: tcp:9009:backlog=1024]"),
     ("staple-address", "rendezvous", "staple_address", str,

@@ -23,6 +23,7 @@ from relay.mailbox.difficulty import (
 )
 from relay.mailbox.handshake import SessionHandshake
 from relay.store.interfaces.sessions import Handshake
+from relay.store.redis.codec import CorruptRecord, decode_handshake, encode_handshake, pack_fields
 from relay.tap import Options
 from tests.mailbox_harness import MemoryRelay
 from tests.zax import crlf
@@ -294,3 +295,30 @@ def test_max_difficulty_option():
     mailbox = options.relay_config.mailbox
     assert (mailbox.difficulty, mailbox.max_difficulty) == (3, 0)
     assert not AdaptiveDifficulty(mailbox, Clock().seconds).adaptive
+
+
+# -- the Redis record -------------------------------------------------------------------------
+
+_token = st.binary(min_size=32, max_size=32)
+
+
+@given(_token, _token, st.none() | _token, st.none() | st.integers(0, 64))
+def test_handshake_records_keep_the_difficulty(client_token, relay_token, session_sk,
+                                               difficulty):
+    handshake = Handshake(client_token, relay_token, session_sk, difficulty)
+    record = encode_handshake(handshake)
+    assert decode_handshake(record) == handshake
+    # No difficulty: the version-1 record older relays write and read.
+    assert record[0] == (1 if difficulty is None else 2)
+
+
+def test_version_1_handshake_records_still_decode():
+    old = pack_fields(b"c" * 32, b"r" * 32, None)  # as relays before the difficulty wrote them
+    assert decode_handshake(old) == Handshake(b"c" * 32, b"r" * 32, None, None)
+
+
+@pytest.mark.parametrize("difficulty_field", [None, b"", b"\x01\x02"])
+def test_version_2_handshake_without_a_one_byte_difficulty_is_corrupt(difficulty_field):
+    record = pack_fields(b"c" * 32, b"r" * 32, None, difficulty_field, version=2)
+    with pytest.raises(CorruptRecord):
+        decode_handshake(record)
