@@ -127,6 +127,16 @@ def test_hysteresis_a_rate_hovering_at_a_threshold_does_not_flap():
     assert changes(events) == [(2, 3), (3, 2)]
 
 
+def test_a_wall_clock_stepping_back_neither_inflates_nor_pins_it():
+    pow_, clock = controller()
+    drive(pow_, clock, rate=200, seconds=2.0)
+    assert pow_.current() == 7
+    clock.advance(-3600.0)  # NTP steps the clock back an hour
+    drive(pow_, clock, rate=2, seconds=10.0)
+    assert pow_.current() == 2  # one cooldown later, not an hour later
+    assert pow_.rate() < 3
+
+
 def test_fixed_when_max_difficulty_is_not_above_the_floor():
     pow_, clock = controller(difficulty=5, max_difficulty=0)
     assert set(drive(pow_, clock, rate=5000, seconds=1.0)) == {5}

@@ -59,8 +59,10 @@ class _Buckets:
         """Move on to the bucket holding now: the current one becomes the previous one if
         they are adjacent, else both start empty."""
         epoch = math.floor(now / self.window)
-        if epoch <= self.epoch:  # same bucket, or the wall clock stepped back: keep counting
+        if epoch == self.epoch:
             return
+        # A wall clock stepped back starts afresh too: counting on in a bucket that time has
+        # to catch up with would inflate the rate for as long.
         adjacent = epoch == self.epoch + 1
         self.epoch = epoch
         self._rotate(adjacent)
@@ -194,7 +196,7 @@ class AdaptiveDifficulty:
         # Down only to the level twice this rate would ask for: between a level's way up and
         # its way down lies a factor of two.
         lower = self._wanted(rate * 2)
-        if lower >= self.level:
+        if lower >= self.level or now < self.busy_at:  # (or the wall clock stepped back)
             self.busy_at = now
         elif now - self.busy_at >= self.cooldown:
             self._change(lower, rate)
