@@ -109,6 +109,9 @@ class StoreConfig:
     max_pending_operations: int = attrs.field(default=4096, validator=_positive_int)
     # Memory store: the most bytes of messages (and file metadata) held in all mailboxes.
     memory_max_bytes: int = attrs.field(default=256 * MIB, validator=_positive_int)
+    # Memory store: handshakes in progress at once (each lives token_timeout; 507 beyond).
+    # A bound on their memory (~0.5 KiB each) whatever the number of clients.
+    memory_max_handshakes: int = attrs.field(default=200_000, validator=_positive_int)
     # How often the memory store sweeps out expired entries.
     sweep_interval: float = attrs.field(default=30.0, validator=_positive)
 
@@ -134,6 +137,11 @@ class MailboxConfig:
     # seconds before the difficulty falls (hysteresis, so it does not flap).
     difficulty_window: float = attrs.field(default=10.0, validator=_positive)
     difficulty_cooldown: float = attrs.field(default=60.0, validator=_non_negative)
+    # /start_session per second one client network may average over difficulty_window (429
+    # beyond; 0: no limit). Proof of work is asked for only after the handshake is stored, so
+    # without this one client could fill the store with handshakes at no cost. An honest
+    # client handshakes once per session; 5/s still serves a busy NAT.
+    handshake_rate_per_client: float = attrs.field(default=5.0, validator=_non_negative)
     token_timeout: float = attrs.field(default=5 * MINUTE, validator=_positive)
     session_timeout: float = attrs.field(default=20 * MINUTE, validator=_positive)
     max_nonce_diff: float = attrs.field(default=60.0, validator=_positive)

@@ -46,6 +46,8 @@ difficulty_target_rate = 8.0
 difficulty_client_rate = 0.0
 difficulty_window = 1.0
 difficulty_cooldown = 2.0
+# The flood comes from one address: this test is about the global rate, not the per-client one.
+handshake_rate_per_client = 0
 """
 # The burst's own answers must reach this: 8 * 2^4 = 128 handshakes/s and more.
 FLOOD_HIGH = 6

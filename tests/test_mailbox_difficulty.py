@@ -30,7 +30,8 @@ from tests.zax import crlf
 
 # A small relay's settings: floor 2, ceiling 10, +1 bit above 10 handshakes/s, 1-second window.
 SMALL = {"difficulty": 2, "max_difficulty": 10, "difficulty_target_rate": 10.0,
-         "difficulty_client_rate": 0.0, "difficulty_window": 1.0, "difficulty_cooldown": 5.0}
+         "difficulty_client_rate": 0.0, "difficulty_window": 1.0, "difficulty_cooldown": 5.0,
+         "handshake_rate_per_client": 0.0}
 
 
 def controller(**settings) -> tuple[AdaptiveDifficulty, Clock]:
@@ -192,7 +193,8 @@ def test_level_stays_in_bounds_and_follows_a_steady_rate(segments):
 def busy_relay() -> MemoryRelay:
     return MemoryRelay(mailbox={"difficulty": 0, "max_difficulty": 8,
                                 "difficulty_target_rate": 5.0, "difficulty_client_rate": 0.0,
-                                "difficulty_window": 1.0, "difficulty_cooldown": 2.0})
+                                "difficulty_window": 1.0, "difficulty_cooldown": 2.0,
+                                "handshake_rate_per_client": 0.0})
 
 
 def flood(relay: MemoryRelay, count: int) -> int:

@@ -21,12 +21,12 @@ from relay.crypto import (
     h2,
     meets_difficulty,
 )
-from relay.mailbox.difficulty import AdaptiveDifficulty
+from relay.mailbox.difficulty import AdaptiveDifficulty, ClientRates
 from relay.mailbox.nonces import NonceGuard
 from relay.mailbox.wire import decode_field, split_lines
 from relay.store import Store
 from relay.store.interfaces.sessions import Handshake, Session
-from relay.web.errors import bad_request, unauthorized
+from relay.web.errors import HTTPError, bad_request, unauthorized
 
 # /prove carries exactly these line lengths: hash, key, nonce, and the box of the
 # 176-byte JSON signature (176 + 16 bytes of MAC = 192 bytes = 256 base64 characters).
@@ -42,6 +42,10 @@ class SessionHandshake:
         self.nonces = NonceGuard(config, store, clock)
         # The difficulty moves with this node's handshake rate; `difficulty.current()` reads it.
         self.difficulty = AdaptiveDifficulty(config, clock.seconds)
+        self.client_handshakes: ClientRates | None = None
+        if config.handshake_rate_per_client > 0:
+            self.client_handshakes = ClientRates(config.difficulty_window,
+                                                 config.difficulty_client_slots)
 
     async def start_session(self, body: bytes, client: str = "") -> tuple[bytes, list[str]]:
         """Returns (handshake key for logging, response lines)."""
@@ -55,6 +59,7 @@ class SessionHandshake:
             client_token = b64decode(lines[0], TOKEN_LEN)
         except EncodingError:
             raise unauthorized("expected one line: the 32-byte client token") from None
+        self._check_client_rate(client)
         relay_token = os.urandom(TOKEN_LEN)
         key = h2(client_token)
         difficulty = self.difficulty.for_handshake(client)
@@ -65,6 +70,15 @@ class SessionHandshake:
         await self.store.sessions.put_handshake(
             key, Handshake(client_token, relay_token, difficulty=kept), self.config.token_timeout)
         return key, [b64encode(relay_token), str(difficulty)]
+
+    def _check_client_rate(self, client: str) -> None:
+        """429 for a client over its handshake rate: nothing is stored, and the refused
+        handshakes do not raise everyone else's difficulty."""
+        if self.client_handshakes is None:
+            return
+        rate = self.client_handshakes.add(client, self.clock.seconds())
+        if rate > self.config.handshake_rate_per_client:
+            raise HTTPError(429, "too many handshakes from this network; slow down")
 
     async def verify_session(self, body: bytes, client: str = "") -> tuple[bytes, list[str]]:
         lines = split_lines(body, 2)

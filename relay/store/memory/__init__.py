@@ -33,7 +33,7 @@ class MemoryBackend:
 
 
 def open_memory_tables(backend: MemoryBackend) -> dict:
-    sessions = MemorySessionStore(backend.clock.seconds)
+    sessions = MemorySessionStore(backend.clock.seconds, backend.config.memory_max_handshakes)
     mailbox = MemoryMailboxStore(backend.clock.seconds, backend.budget)
     channels = MemoryChannelStore(backend.clock.seconds)
     files = MemoryFileStore(backend.clock.seconds, backend.budget)

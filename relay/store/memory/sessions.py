@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from relay.store.errors import StoreFull
 from relay.store.interfaces.sessions import Handshake, Session
 from relay.store.memory.expiring import ExpiringMap
 
+# Default cap on handshakes in progress (StoreConfig.memory_max_handshakes).
+MAX_HANDSHAKES = 200_000
+
 
 class MemorySessionStore:
-    def __init__(self, seconds: Callable[[], float]) -> None:
+    def __init__(self, seconds: Callable[[], float], max_handshakes: int = MAX_HANDSHAKES
+                 ) -> None:
+        self.max_handshakes = max_handshakes
         self.handshakes: ExpiringMap[bytes, Handshake] = ExpiringMap(seconds)
         self.sessions: ExpiringMap[bytes, Session] = ExpiringMap(seconds)
         self.nonces: ExpiringMap[bytes, bool] = ExpiringMap(seconds)
 
     async def put_handshake(self, key: bytes, handshake: Handshake, ttl: float) -> None:
+        if len(self.handshakes) >= self.max_handshakes and self.handshakes.get(key) is None:
+            self.handshakes.sweep()  # expired entries count until swept
+            if len(self.handshakes) >= self.max_handshakes:
+                raise StoreFull("too many handshakes in progress")
         self.handshakes.put(key, handshake, ttl)
 
     async def get_handshake(self, key: bytes) -> Handshake | None:
