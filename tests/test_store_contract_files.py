@@ -15,7 +15,7 @@ import time
 import attrs
 import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from relay.files.disk import DiskChunkStore
@@ -341,6 +341,190 @@ async def test_one_client_filling_leaves_room_for_another(store_factory):
     request = put(0, 100, last=True, charge=BLOCK, limits=limits)
     assert (await files.put_part(record.file_id, request))[0] == PutOutcome.OK
     assert (await files.get(record.file_id)).status == COMPLETE
+
+
+# -- random uploads against a model ------------------------------------------------------------
+
+MODEL_BLOCK = 64
+MODEL_CAPS = caps(sender_bytes=10 * MODEL_BLOCK, client_bytes=14 * MODEL_BLOCK,
+                  total_bytes=20 * MODEL_BLOCK, sender_reserved=6 * MODEL_BLOCK,
+                  client_reserved=9 * MODEL_BLOCK, total_reserved=12 * MODEL_BLOCK,
+                  window=3 * MODEL_BLOCK)
+MODEL_MAX_PARTS = 8
+# Four file slots: two senders of one client (the first sending two files), one of another.
+SENDER_OF = [0, 1, 2, 0]
+CLIENT_OF = [0, 0, 1, 0]
+
+
+@attrs.define
+class ModelFile:
+    """One file under the charging rules of relay.store.interfaces.files."""
+
+    slot: int
+    max_bytes: int
+    max_charge: int
+    reserved: int
+    parts: dict[int, tuple[int, int]] = attrs.field(factory=dict)  # part -> (size, charge)
+    last: int | None = None
+
+    @property
+    def charged(self) -> int:
+        return sum(charge for _, charge in self.parts.values())
+
+    @property
+    def stored(self) -> int:
+        return sum(size for size, _ in self.parts.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.last is not None and len(self.parts) == self.last + 1
+
+
+def model_sums(model: dict[int, ModelFile], slots: set[int]) -> tuple[int, int]:
+    files = [f for f in model.values() if f.slot in slots]
+    return (sum(f.charged + f.reserved for f in files), sum(f.reserved for f in files))
+
+
+def model_put(model: dict[int, ModelFile], slot: int, part: int, size: int,
+              last: bool) -> str:
+    f = model.get(slot)
+    if f is None:
+        return PutOutcome.NOT_FOUND
+    if part >= MODEL_MAX_PARTS:
+        return PutOutcome.BAD_PART
+    if f.last is not None and (part > f.last or (last and part != f.last)):
+        return PutOutcome.BAD_PART
+    if last and f.parts and max(f.parts) > part:
+        return PutOutcome.BAD_PART
+    old = f.parts.get(part)
+    if old is None and len(f.parts) >= MODEL_MAX_PARTS:
+        return PutOutcome.BAD_PART
+    after = attrs.evolve(f, parts={**f.parts, part: (size, part_charge(size, MODEL_BLOCK))},
+                         last=part if last else f.last)
+    if after.stored > f.max_bytes:
+        return PutOutcome.TOO_MANY_BYTES
+    room = max(0, f.max_charge - after.charged)
+    if after.complete:
+        after.reserved = 0
+    elif old is None:
+        after.reserved = min(MODEL_CAPS.window, room)
+    else:
+        after.reserved = min(f.reserved, room)
+    grow_reserved = after.reserved - f.reserved
+    grow = after.charged - f.charged + grow_reserved
+    trial = {**model, slot: after}
+    for scope, byte_cap, reserved_cap in _model_scopes(slot):
+        charged, reserved = model_sums(trial, scope)
+        if (grow > 0 and charged > byte_cap) or (grow_reserved > 0 and reserved > reserved_cap):
+            return PutOutcome.FULL
+    model[slot] = after
+    return PutOutcome.OK
+
+
+def _model_scopes(slot: int) -> list[tuple[set[int], int, int]]:
+    """The slots sharing each of slot's ledgers, with the ledger's caps."""
+    c = MODEL_CAPS
+    senders = {i for i in range(4) if SENDER_OF[i] == SENDER_OF[slot]}
+    clients = {i for i in range(4) if CLIENT_OF[i] == CLIENT_OF[slot]}
+    return [(senders, c.sender_bytes, c.sender_reserved),
+            (clients, c.client_bytes, c.client_reserved),
+            (set(range(4)), c.total_bytes, c.total_reserved)]
+
+
+_model_operations = st.builds(
+    lambda sizes, rest: [("create", slot, size) for slot, size in enumerate(sizes)] + rest,
+    st.lists(st.integers(1, 3000), min_size=4, max_size=4),
+    st.lists(st.one_of(
+        st.tuples(st.just("create"), st.integers(0, 3), st.integers(1, 3000)),
+        st.tuples(st.just("put"), st.integers(0, 3), st.integers(0, MODEL_MAX_PARTS),
+                  st.integers(1, 1000), st.booleans()),
+        st.tuples(st.just("put"), st.integers(0, 3), st.integers(0, MODEL_MAX_PARTS),
+                  st.integers(1, 1000), st.booleans()),
+        st.tuples(st.just("delete"), st.integers(0, 3)),
+    ), max_size=30))
+
+
+async def check_files_against_model(files, operations) -> None:
+    """Hypothesis runs many examples on one store: each uses identities and clients of
+    its own, and deletes its files at the end so the relay-wide sums start from zero."""
+    ids = [os.urandom(32) for _ in range(4)]
+    senders = [os.urandom(32) for _ in range(3)]
+    clients = [f"10.{os.urandom(1)[0]}.{os.urandom(1)[0]}.{n}/32" for n in range(2)]
+    model: dict[int, ModelFile] = {}
+    try:
+        await _run_model(files, operations, ids, [senders[i] for i in SENDER_OF],
+                         [clients[i] for i in CLIENT_OF], model)
+    finally:
+        for file_id in ids:
+            await files.delete(file_id)
+
+
+async def _run_model(files, operations, ids, senders, clients, model) -> None:
+    for operation in operations:
+        slot = operation[1]
+        if operation[0] == "create":
+            max_bytes = operation[2]
+            max_charge = part_charge(max_bytes, MODEL_BLOCK)
+            reserved = min(MODEL_CAPS.window, max_charge)
+            record = FileRecord(file_id=ids[slot], sender=senders[slot],
+                                recipient=os.urandom(32), file_size=max_bytes,
+                                client=clients[slot], max_charge=max_charge,
+                                reserved=reserved, expires_at=time.time() + LONG)
+            trial = {**model, slot: ModelFile(slot, max_bytes, max_charge, reserved)}
+            fits = slot in model or all(
+                model_sums(trial, scope)[0] <= byte_cap and
+                model_sums(trial, scope)[1] <= reserved_cap
+                for scope, byte_cap, reserved_cap in _model_scopes(slot))
+            try:
+                _, created = await files.create(record, LONG, LONG, MODEL_CAPS)
+            except StoreFull:
+                assert not fits, operation
+                event("create: full")
+            else:
+                assert fits and created == (slot not in model), operation
+                model.setdefault(slot, ModelFile(slot, max_bytes, max_charge, reserved))
+        elif operation[0] == "put":
+            _, _, part, size, last = operation
+            f = model.get(slot)
+            request = put(part, size, last=last, max_parts=MODEL_MAX_PARTS,
+                          max_bytes=f.max_bytes if f else 0,
+                          charge=part_charge(size, MODEL_BLOCK), limits=MODEL_CAPS)
+            expected = model_put(model, slot, part, size, last)
+            outcome, _ = await files.put_part(ids[slot], request)
+            assert outcome == expected, operation
+            event(f"put: {outcome}")
+        else:
+            removed = await files.delete(ids[slot])
+            assert (removed is not None) == (model.pop(slot, None) is not None)
+        for slot, f in model.items():
+            got = await files.get(ids[slot])
+            assert (got.bytes_stored, got.charged, got.part_count, got.status == COMPLETE) \
+                == (f.stored, f.charged, len(f.parts), f.complete), slot
+        for slot in range(4):
+            sender_scope, client_scope, _ = (scope for scope, _, _ in _model_scopes(slot))
+            assert (await files.usage(senders[slot]), await files.reserved(senders[slot])) \
+                == model_sums(model, sender_scope)
+            assert (await files.usage(client=clients[slot]),
+                    await files.reserved(client=clients[slot])) == \
+                model_sums(model, client_scope)
+        assert (await files.usage(), await files.reserved()) == model_sums(model, set(range(4)))
+
+
+def _model_test(kind: str):
+    # One function object per store kind (see tests/test_store_contract.py).
+    @pytest.mark.parametrize("store_kind", [kind])
+    @settings(max_examples=40, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(operations=_model_operations)
+    @pytest_twisted.ensureDeferred
+    async def test(store_factory, operations):
+        await check_files_against_model(store_factory.files, operations)
+
+    return test
+
+
+test_memory_files_match_the_model = _model_test("memory")
+test_redis_files_match_the_model = _model_test("redis")
 
 
 @pytest_twisted.ensureDeferred
