@@ -343,6 +343,32 @@ async def test_one_client_filling_leaves_room_for_another(store_factory):
     assert (await files.get(record.file_id)).status == COMPLETE
 
 
+@pytest.mark.parametrize("store_kind", ["redis"])
+@pytest_twisted.ensureDeferred
+async def test_redis_file_keys_all_expire(store_factory, redis_server, store_sleep):
+    """Every key (record, ledgers) has a TTL no longer than its file's; once the files are
+    gone, so are the ledgers."""
+    files = store_factory.files
+    limits = caps(window=5000)
+    records = [new_record(5000, max_charge=50_000, client=client)
+               for client in ("192.0.2.1/32", "2001:db8:1:2::/64")]
+    for record in records:
+        await files.create(record, LONG, SHORT, limits)
+        request = put(0, 100, charge=BLOCK, stall_ttl=SHORT, limits=limits, max_bytes=10**6)
+        assert (await files.put_part(record.file_id, request))[0] == PutOutcome.OK
+    await store_sleep(PAST_SHORT)  # the reservations lapse
+    assert (await files.usage(), await files.reserved()) == (2 * BLOCK, 0)
+    keys = redis_server.keys()
+    # Two records; five ledgers (two senders, two clients, the relay) of three or four keys
+    # (a ledger's reservation ZSET goes once it is reaped empty).
+    assert 2 + 5 * 3 <= len(keys) <= 2 + 5 * 4
+    for key in keys:
+        assert 0 < redis_server.command("PTTL", key) <= LONG * 1000, key
+    for record in records:
+        await files.delete(record.file_id)
+    assert redis_server.keys() == []
+
+
 # -- random uploads against a model ------------------------------------------------------------
 
 MODEL_BLOCK = 64
