@@ -155,7 +155,8 @@ class FilesConfig:
     max_parts_per_file: int = attrs.field(default=16384, validator=_positive_int)
     file_ttl: float = attrs.field(default=7 * DAY, validator=_positive)
     # An incomplete upload that stores no new part for this long loses its reservation (what
-    # it stored stays charged); the next new part reserves again, if the caps allow.
+    # it stored stays charged); the next new part reserves again, if the caps allow. One that
+    # stored no part by then is dropped.
     stalled_upload_ttl: float = attrs.field(default=10 * MINUTE, validator=_positive)
     # An incomplete upload that gets no chunk for this long is dropped with its chunks, so an
     # abandoned upload does not hold its stored bytes for the whole file_ttl.

@@ -131,19 +131,31 @@ def test_stalled_upload_releases_its_reservation_then_reserves_again(tmp_path):
     assert status_of(bob, upload_id) == "COMPLETE"
 
 
+def test_upload_without_parts_goes_with_its_reservation(tmp_path):
+    relay = make_relay(tmp_path)
+    alice, bob = relay.connected(), relay.connected()
+    upload_id = start(relay, alice, bob)
+    assert _usage(relay) == _reserved(relay) > 0
+    relay.clock.advance(STALL_TTL + 1)
+    reconnect(alice, bob)
+    assert status_of(bob, upload_id) == "NOT_FOUND"
+    assert _usage(relay) == 0
+
+
 def test_a_file_never_outlives_file_ttl(tmp_path):
     relay = make_relay(tmp_path)
     alice, bob = relay.connected(), relay.connected()
     upload_id = start(relay, alice, bob, size=30_000)
     sealed = SealedFile(os.urandom(30_000))
     # Steady uploading keeps a file alive, but not past file_ttl from its start.
-    for part in range(11):  # 11 * 900 s < FILE_TTL
+    assert enc(alice, *sealed.command(upload_id, 0)) == {"status": "OK"}
+    for part in range(1, 12):  # 11 * 900 s < FILE_TTL
         relay.clock.advance(INCOMPLETE_TTL - 100)
         reconnect(alice)
         assert enc(alice, *sealed.command(upload_id, part)) == {"status": "OK"}
     relay.clock.advance(INCOMPLETE_TTL - 100)
     reconnect(alice)
-    assert enc(alice, *sealed.command(upload_id, 11)) == {"status": "NOT_FOUND"}
+    assert enc(alice, *sealed.command(upload_id, 12)) == {"status": "NOT_FOUND"}
     assert status_of(alice, upload_id) == "NOT_FOUND"
 
 

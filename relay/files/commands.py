@@ -123,8 +123,11 @@ class FileCommands:
                          max_charge=max_charge(file_size, block),
                          reserved=initial_reservation(file_size, block,
                                                       self.files_config.reservation_window))
-        record, created = await self.store.files.create(
-            new, incomplete_ttl, self.files_config.stalled_upload_ttl, self.caps)
+        # Until its first part, a file holds nothing but its reservation: it goes when that
+        # lapses, so records that cost nothing cannot pile up.
+        stall = self.files_config.stalled_upload_ttl
+        record, created = await self.store.files.create(new, min(incomplete_ttl, stall), stall,
+                                                        self.caps)
         if not created and record.file_size != file_size:
             raise bad_request("a file with this metadata nonce exists with another size")
         token = storage_token(b64encode(recipient), msg_id)
