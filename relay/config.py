@@ -162,12 +162,32 @@ class FilesConfig:
     directory: str = attrs.field(default="relay-files", validator=_string)
     max_chunk_size: int = attrs.field(default=500 * KIB, validator=_positive_int)
     max_file_size: int = attrs.field(default=1 * GIB, validator=_positive_int)
+    # Bytes charged (stored plus reserved) per sender identity, per client network (identities
+    # are free: the client cap is what bounds one attacker) and for the whole relay.
     mailbox_max_bytes: int = attrs.field(default=4 * GIB, validator=_positive_int)
+    client_max_bytes: int = attrs.field(default=4 * GIB, validator=_positive_int)
     total_max_bytes: int = attrs.field(default=32 * GIB, validator=_positive_int)
+    # An upload reserves what it may still write, at most this much at a time: a start costs
+    # a window, not the declared size; stored parts are charged as they come.
+    reservation_window: int = attrs.field(default=64 * MIB, validator=_positive_int)
+    # Caps on the sum of open reservations, so that free identities cannot reserve the relay's
+    # quota without writing: small shares of total_max_bytes.
+    max_open_reservation_per_sender: int = attrs.field(default=256 * MIB,
+                                                       validator=_positive_int)
+    max_open_reservation_per_client: int = attrs.field(default=1 * GIB, validator=_positive_int)
+    max_open_reservation_total: int = attrs.field(default=8 * GIB, validator=_positive_int)
+    # Each part is charged its size rounded up to whole blocks of this size (a tiny chunk
+    # still takes a disk block and a record), and a file has at most max_parts_per_file parts.
+    charge_block_size: int = attrs.field(default=4 * KIB, validator=_positive_int)
+    max_parts_per_file: int = attrs.field(default=16384, validator=_positive_int)
     file_ttl: float = attrs.field(default=7 * DAY, validator=_positive)
-    # An upload that gets no chunk for this long (and is not complete) is dropped early, so
-    # an abandoned upload does not hold its quota for the whole file_ttl.
-    stalled_upload_ttl: float = attrs.field(default=1 * DAY, validator=_positive)
+    # An incomplete upload that stores no new part for this long loses its reservation (what
+    # it stored stays charged); the next new part reserves again, if the caps allow. One that
+    # stored no part by then is dropped.
+    stalled_upload_ttl: float = attrs.field(default=10 * MINUTE, validator=_positive)
+    # An incomplete upload that gets no chunk for this long is dropped with its chunks, so an
+    # abandoned upload does not hold its stored bytes for the whole file_ttl.
+    incomplete_upload_ttl: float = attrs.field(default=1 * DAY, validator=_positive)
     cleanup_interval: float = attrs.field(default=10 * MINUTE, validator=_positive)
     # Kept secret: binds upload ids to this relay. Empty: a file beside the chunk directory.
     secret_seed_file: str = attrs.field(default="", validator=attrs.validators.instance_of(str))

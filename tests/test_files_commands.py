@@ -1,5 +1,7 @@
 """The five file commands over loopback HTTP, on the memory and the Redis store: happy paths,
-every error path, resume, caps and a full disk."""
+every error path, resume, caps and a full disk, and fair storage: one client filling as fast
+as it can (with identities, which are free) leaves room for everyone else. Clients on
+127.0.0.1 and on 127.0.0.2 are two client networks ([http] ipv4_prefix = 32)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ import pytest_twisted
 import relay.files.disk
 from relay.crypto import b64decode, b64encode
 from relay.files.ids import file_id
-from tests.test_files_support import CHUNK, LoopbackRelay, SealedFile, relay_config
+from relay.files.limits import part_charge
+from tests.test_files_support import (
+    CHUNK,
+    AsyncZax,
+    LoopbackRelay,
+    SealedFile,
+    relay_config,
+)
 
 
 async def _relay(kind: str, request, tmp_path, **files) -> LoopbackRelay:
@@ -302,8 +311,9 @@ async def test_third_identity_sees_nothing(make_relay):
 
 @pytest_twisted.ensureDeferred
 async def test_caps_refuse_start_with_507(make_relay):
-    # 3500 bytes are charged 3500 + 4 * 40; a sender may hold 5000, the relay 8000.
-    relay = await make_relay(mailbox_max_bytes=5000, total_max_bytes=8000)
+    # A 3500-byte file reserves 3500 + 4 * 40 bytes rounded up to a 4096-byte block; a
+    # sender may hold 5000, the relay 9000.
+    relay = await make_relay(mailbox_max_bytes=5000, total_max_bytes=9000)
     alice, bob = await relay.client(), await relay.client()
     first = await alice.start_upload(bob, 3500)
     status, _ = await alice.command({"cmd": "startFileUpload", "to": b64encode(bob.hpk),
@@ -401,3 +411,113 @@ async def _upload_message(sender, recipient):
                                          "payload": {"nonce": b64encode(msg_id),
                                                      "ctext": "aGk="}})
     return status, body, msg_id
+
+
+# -- fair storage ------------------------------------------------------------------------------
+
+ATTACKER = "127.0.0.1/32"
+OTHER_ADDRESS = "127.0.0.2"
+
+
+async def start_status(client: AsyncZax, to: AsyncZax, size: int) -> tuple[int, str | None]:
+    """(HTTP status, uploadID if it started)."""
+    status, body = await client.command({
+        "cmd": "startFileUpload", "to": b64encode(to.hpk), "file_size": size,
+        "metadata": {"nonce": b64encode(os.urandom(24)), "ctext": "aGVsbG8="}})
+    return status, client.open(body)["uploadID"] if status == 200 else None
+
+
+async def round_trip(relay: LoopbackRelay, size: int = 10_000) -> None:
+    """A sender and a recipient on another network exchange a file."""
+    carol = await relay.client(OTHER_ADDRESS)
+    dave = await relay.client(OTHER_ADDRESS)
+    sealed = SealedFile(os.urandom(size), 4000)
+    upload_id = (await carol.start_upload(dave, size))["uploadID"]
+    for part in range(sealed.parts):
+        assert await carol.enc(*sealed.command(upload_id, part)) == {"status": "OK"}
+    info = await dave.enc({"cmd": "fileStatus", "uploadID": upload_id})
+    assert info["status"] == "COMPLETE"
+    data = b"".join([await dave.download_chunk(upload_id, p, sealed.key)
+                     for p in range(sealed.parts)])
+    assert data == sealed.data
+
+
+@pytest_twisted.ensureDeferred
+async def test_free_identities_cannot_reserve_the_relay(make_relay):
+    """The measured attack, on the default settings: fresh identities start 1 GiB files
+    and write nothing. Each start reserves one window (64 MiB), an identity at most
+    256 MiB, the client at most 1 GiB: then 507, for that client only."""
+    relay = await make_relay()
+    files_config = relay.config.files
+    bob = await relay.client()
+    started = 0
+    for _ in range(20):  # identities, until a fresh one cannot start anything
+        mallory = await relay.client()
+        by_identity = 0
+        while (await start_status(mallory, bob, files_config.max_file_size))[0] == 200:
+            by_identity += 1
+        assert by_identity <= files_config.max_open_reservation_per_sender // \
+            files_config.reservation_window
+        if not by_identity:
+            break
+        started += by_identity
+    per_client = files_config.max_open_reservation_per_client
+    assert started == per_client // files_config.reservation_window
+    files = relay.app.store.files
+    assert await files.usage(client=ATTACKER) == per_client
+    assert await files.usage() == per_client < files_config.total_max_bytes
+    # The attacker's client cannot start even a 1-byte file; others can, and finish it.
+    assert (await start_status(await relay.client(), bob, 1)) == (507, None)
+    await round_trip(relay)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_client_writing_as_fast_as_it_can_leaves_room(make_relay):
+    relay = await make_relay(
+        max_chunk_size=64_000, mailbox_max_bytes=300_000, client_max_bytes=600_000,
+        total_max_bytes=1_000_000, reservation_window=100_000,
+        max_open_reservation_per_sender=200_000, max_open_reservation_per_client=400_000,
+        max_open_reservation_total=600_000)
+    bob = await relay.client()
+    chunk = b64encode(os.urandom(64_000)).encode()
+    refusals = 0
+    for _ in range(6):  # identities, each writing until refused
+        mallory = await relay.client()
+        status, upload_id = await start_status(mallory, bob, 1_000_000)
+        if status != 200:
+            refusals += 1
+            continue
+        for part in range(15):
+            status, _ = await mallory.command(
+                {"cmd": "uploadFileChunk", "uploadID": upload_id, "part": part,
+                 "nonce": b64encode(os.urandom(24)), "last_chunk": False}, chunk)
+            if status != 200:
+                assert status == 507
+                refusals += 1
+                break
+    assert refusals
+    files = relay.app.store.files
+    assert await files.usage(client=ATTACKER) <= 600_000
+    await round_trip(relay)
+    assert await files.usage() <= 1_000_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_tiny_parts_cost_a_block_each_and_are_capped(make_relay):
+    relay = await make_relay(max_parts_per_file=64)
+    alice, bob = await relay.client(), await relay.client()
+    upload_id = (await alice.start_upload(bob, 200_000))["uploadID"]
+    one_byte = b64encode(b"x").encode()
+
+    def command(part: int, last: bool = False) -> dict:
+        return {"cmd": "uploadFileChunk", "uploadID": upload_id, "part": part,
+                "nonce": b64encode(os.urandom(24)), "last_chunk": last}
+
+    # 200_000 bytes would allow 196 parts by size: the part cap allows 64.
+    assert (await alice.command(command(64), one_byte))[0] == 400
+    for part in range(64):
+        assert await alice.enc(command(part, last=part == 63), one_byte) == {"status": "OK"}
+    info = await bob.enc({"cmd": "fileStatus", "uploadID": upload_id})
+    assert (info["status"], info["bytes_stored"], info["total_chunks"]) == ("COMPLETE", 64, 64)
+    block = relay.config.files.charge_block_size
+    assert await relay.app.store.files.usage() == 64 * part_charge(1, block) == 64 * block

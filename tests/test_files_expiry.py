@@ -14,13 +14,16 @@ from tests.mailbox_harness import MemoryRelay
 from tests.test_files_support import SealedFile
 
 FILE_TTL = 10_000.0
-STALLED_TTL = 1_000.0
+INCOMPLETE_TTL = 1_000.0
+# The reservation of an upload that stores no new part lapses this much sooner.
+STALL_TTL = 300.0
 INTERVAL = 600.0
 
 
 def make_relay(tmp_path) -> MemoryRelay:
     return MemoryRelay(files={"directory": str(tmp_path / "chunks"), "file_ttl": FILE_TTL,
-                              "stalled_upload_ttl": STALLED_TTL,
+                              "incomplete_upload_ttl": INCOMPLETE_TTL,
+                              "stalled_upload_ttl": STALL_TTL,
                               "cleanup_interval": INTERVAL})
 
 
@@ -81,10 +84,10 @@ def test_stalled_upload_expires_early_and_frees_quota(tmp_path):
     upload_id = start(relay, alice, bob)
     sealed = SealedFile(os.urandom(2500))
     enc(alice, *sealed.command(upload_id, 0))
-    relay.clock.advance(STALLED_TTL - 10)
+    relay.clock.advance(INCOMPLETE_TTL - 10)
     reconnect(alice, bob)
     enc(alice, *sealed.command(upload_id, 1))  # a chunk keeps it going
-    relay.clock.advance(STALLED_TTL - 10)
+    relay.clock.advance(INCOMPLETE_TTL - 10)
     reconnect(alice, bob)
     assert status_of(bob, upload_id) == "UPLOADING"
     relay.clock.advance(20)
@@ -98,19 +101,61 @@ def test_stalled_upload_expires_early_and_frees_quota(tmp_path):
     assert list((tmp_path / "chunks").iterdir()) == []
 
 
+def test_stalled_upload_releases_its_reservation_then_reserves_again(tmp_path):
+    relay = make_relay(tmp_path)
+    alice, bob = relay.connected(), relay.connected()
+    upload_id = start(relay, alice, bob, size=30_000)
+    sealed = SealedFile(os.urandom(30_000))
+    enc(alice, *sealed.command(upload_id, 0))
+    block = relay.config.files.charge_block_size
+    # One part stored (1016 bytes: one block), and a reservation for the rest.
+    assert _reserved(relay) > 0
+    assert _usage(relay) == block + _reserved(relay)
+    relay.clock.advance(STALL_TTL - 10)
+    reconnect(alice, bob)
+    # Re-sending a part is no progress: it does not keep the reservation open.
+    enc(alice, *sealed.command(upload_id, 0))
+    relay.clock.advance(20)
+    reconnect(alice, bob)
+    assert _reserved(relay) == 0 and _usage(relay) == block
+    assert status_of(bob, upload_id) == "UPLOADING"  # what it stored stays
+    # The next new part reserves again.
+    enc(alice, *sealed.command(upload_id, 1))
+    assert _reserved(relay) > 0
+    for part in range(2, sealed.parts):
+        enc(alice, *sealed.command(upload_id, part))
+    assert status_of(bob, upload_id) == "COMPLETE"
+    assert _reserved(relay) == 0 and _usage(relay) == sealed.parts * block
+    relay.clock.advance(INCOMPLETE_TTL * 2)  # a complete file keeps its file_ttl
+    reconnect(alice, bob)
+    assert status_of(bob, upload_id) == "COMPLETE"
+
+
+def test_upload_without_parts_goes_with_its_reservation(tmp_path):
+    relay = make_relay(tmp_path)
+    alice, bob = relay.connected(), relay.connected()
+    upload_id = start(relay, alice, bob)
+    assert _usage(relay) == _reserved(relay) > 0
+    relay.clock.advance(STALL_TTL + 1)
+    reconnect(alice, bob)
+    assert status_of(bob, upload_id) == "NOT_FOUND"
+    assert _usage(relay) == 0
+
+
 def test_a_file_never_outlives_file_ttl(tmp_path):
     relay = make_relay(tmp_path)
     alice, bob = relay.connected(), relay.connected()
     upload_id = start(relay, alice, bob, size=30_000)
     sealed = SealedFile(os.urandom(30_000))
     # Steady uploading keeps a file alive, but not past file_ttl from its start.
-    for part in range(11):  # 11 * 900 s < FILE_TTL
-        relay.clock.advance(STALLED_TTL - 100)
+    assert enc(alice, *sealed.command(upload_id, 0)) == {"status": "OK"}
+    for part in range(1, 12):  # 11 * 900 s < FILE_TTL
+        relay.clock.advance(INCOMPLETE_TTL - 100)
         reconnect(alice)
         assert enc(alice, *sealed.command(upload_id, part)) == {"status": "OK"}
-    relay.clock.advance(STALLED_TTL - 100)
+    relay.clock.advance(INCOMPLETE_TTL - 100)
     reconnect(alice)
-    assert enc(alice, *sealed.command(upload_id, 11)) == {"status": "NOT_FOUND"}
+    assert enc(alice, *sealed.command(upload_id, 12)) == {"status": "NOT_FOUND"}
     assert status_of(alice, upload_id) == "NOT_FOUND"
 
 
@@ -168,6 +213,12 @@ def _run(cleanup: FileCleanup) -> int:
 def _usage(relay: MemoryRelay) -> int:
     results: list = []
     Deferred.fromCoroutine(relay.app.store.files.usage()).addBoth(results.append)
+    return results[0]
+
+
+def _reserved(relay: MemoryRelay) -> int:
+    results: list = []
+    Deferred.fromCoroutine(relay.app.store.files.reserved()).addBoth(results.append)
     return results[0]
 
 

@@ -11,7 +11,7 @@ import attrs
 import treq
 from nacl.secret import SecretBox
 from twisted.internet import reactor
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from relay.app import build_relay
 from relay.config import RelayConfig, load_config
@@ -23,14 +23,17 @@ CHUNK = 500 * 1024
 
 
 class HttpPoster:
-    """POSTs to a relay's base URL with a private connection pool (closed by close())."""
+    """POSTs to a relay's base URL with a private connection pool (closed by close()),
+    from source_address if given (another loopback address is another client network)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, source_address: str | None = None) -> None:
         self.base_url = base_url
         self.pool = HTTPConnectionPool(reactor, persistent=True)
+        bind = (source_address, 0) if source_address else None
+        self.agent = Agent(reactor, pool=self.pool, bindAddress=bind)
 
     async def __call__(self, path: str, body: bytes) -> tuple[int, bytes]:
-        response = await treq.post(self.base_url + path, data=body, pool=self.pool,
+        response = await treq.post(self.base_url + path, data=body, agent=self.agent,
                                    headers={"Content-Type": "text/plain"}, timeout=30)
         return response.code, await treq.content(response)
 
@@ -131,13 +134,14 @@ class LoopbackRelay:
         self.app.store.service.startService()
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
 
-    def poster(self) -> HttpPoster:
-        poster = HttpPoster(f"http://127.0.0.1:{self.port.getHost().port}/")
+    def poster(self, source_address: str | None = None) -> HttpPoster:
+        poster = HttpPoster(f"http://127.0.0.1:{self.port.getHost().port}/", source_address)
         self.posters.append(poster)
         return poster
 
-    async def client(self) -> AsyncZax:
-        client = AsyncZax(self.poster())
+    async def client(self, source_address: str | None = None) -> AsyncZax:
+        """A connected client, from source_address (a loopback address) if given."""
+        client = AsyncZax(self.poster(source_address))
         await client.connect()
         return client
 

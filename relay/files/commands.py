@@ -16,14 +16,22 @@ from relay.config import RelayConfig
 from relay.crypto import b64encode
 from relay.files.codec import ChunkEncodingError, decode_chunk, encode_chunk
 from relay.files.ids import UploadIds, file_id
-from relay.files.limits import max_parts, max_stored_bytes
+from relay.files.limits import (
+    initial_reservation,
+    max_charge,
+    max_parts,
+    max_stored_bytes,
+    part_charge,
+)
 from relay.mailbox.commands import CommandContext, CommandProcessor
 from relay.mailbox.fields import b64_field, b64_value, bool_field, int_field
 from relay.mailbox.messages import MAX_ID_BYTES, message_record, storage_token
 from relay.mailbox.resource import log_id
 from relay.store import Store
+from relay.store.errors import StoreFull
 from relay.store.interfaces.files import (
     ChunkStore,
+    FileCaps,
     FileRecord,
     PartInfo,
     PutOutcome,
@@ -50,6 +58,12 @@ class FileCommands:
         self.store = store
         self.chunks = chunks
         self.ids = UploadIds(config.files)
+        f = config.files
+        self.caps = FileCaps(
+            sender_bytes=f.mailbox_max_bytes, client_bytes=f.client_max_bytes,
+            total_bytes=f.total_max_bytes, sender_reserved=f.max_open_reservation_per_sender,
+            client_reserved=f.max_open_reservation_per_client,
+            total_reserved=f.max_open_reservation_total, window=f.reservation_window)
 
     def register(self, processor: CommandProcessor) -> None:
         processor.register("startFileUpload", self.start_file_upload)
@@ -72,10 +86,11 @@ class FileCommands:
 
     def _lifetimes(self, now: float, expires_at: float) -> tuple[float, float]:
         """(ttl while incomplete, ttl once complete) from now. A file lives file_ttl from
-        its start, but an upload that stalls (no chunk for stalled_upload_ttl) is dropped
-        sooner, so a started-and-abandoned upload does not hold its quota for days."""
+        its start, but an abandoned upload (no chunk for incomplete_upload_ttl) is dropped
+        sooner, so it does not hold what it stored for days. (Its reservation lapses much
+        sooner still: stalled_upload_ttl, applied by the store.)"""
         complete = expires_at - now
-        return min(complete, self.files_config.stalled_upload_ttl), complete
+        return min(complete, self.files_config.incomplete_upload_ttl), complete
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -102,12 +117,17 @@ class FileCommands:
         fid = file_id(upload_id)
         expires_at = now + self.files_config.file_ttl
         incomplete_ttl, _ = self._lifetimes(now, expires_at)
+        block = self.files_config.charge_block_size
         new = FileRecord(file_id=fid, sender=ctx.hpk, recipient=recipient,
-                         file_size=file_size, charge=max_stored_bytes(file_size),
-                         expires_at=expires_at)
-        record, created = await self.store.files.create(
-            new, incomplete_ttl, self.files_config.mailbox_max_bytes,
-            self.files_config.total_max_bytes)
+                         file_size=file_size, expires_at=expires_at, client=ctx.client,
+                         max_charge=max_charge(file_size, block),
+                         reserved=initial_reservation(file_size, block,
+                                                      self.files_config.reservation_window))
+        # Until its first part, a file holds nothing but its reservation: it goes when that
+        # lapses, so records that cost nothing cannot pile up.
+        stall = self.files_config.stalled_upload_ttl
+        record, created = await self.store.files.create(new, min(incomplete_ttl, stall), stall,
+                                                        self.caps)
         if not created and record.file_size != file_size:
             raise bad_request("a file with this metadata nonce exists with another size")
         token = storage_token(b64encode(recipient), msg_id)
@@ -134,7 +154,7 @@ class FileCommands:
             return ctx.encrypted(_NOT_FOUND)
         if ctx.hpk != record.sender:
             raise bad_request("only the sender uploads chunks")
-        limit = max_parts(record.file_size)
+        limit = max_parts(record.file_size, self.files_config.max_parts_per_file)
         if part >= limit:
             raise bad_request(f"part must be below {limit} for this file size")
         incomplete_ttl, complete_ttl = self._lifetimes(ctx.clock.seconds(), record.expires_at)
@@ -144,9 +164,12 @@ class FileCommands:
         # The chunk goes in first, under a new name; the record then points at it in one
         # atomic step. A failure in between leaves an orphan chunk, never a bad record.
         await self.chunks.write(fid, part, blob, chunk, complete_ttl)
-        request = PutRequest(part=part, info=PartInfo(len(chunk), nonce, blob), last=last,
-                             max_parts=limit, max_bytes=record.charge, ttl=incomplete_ttl,
-                             complete_ttl=complete_ttl)
+        request = PutRequest(
+            part=part, info=PartInfo(len(chunk), nonce, blob),
+            charge=part_charge(len(chunk), self.files_config.charge_block_size), last=last,
+            max_parts=limit, max_bytes=max_stored_bytes(record.file_size),
+            ttl=incomplete_ttl, complete_ttl=complete_ttl,
+            stall_ttl=self.files_config.stalled_upload_ttl, caps=self.caps)
         try:
             outcome, replaced = await self.store.files.put_part(fid, request)
         except BaseException:
@@ -158,7 +181,9 @@ class FileCommands:
                 return ctx.encrypted(_NOT_FOUND)
             if outcome == PutOutcome.TOO_MANY_BYTES:
                 raise bad_request("the chunks would exceed the declared file_size")
-            raise bad_request("part is beyond the file's last part")
+            if outcome == PutOutcome.FULL:  # 507: the sender may retry once there is room
+                raise StoreFull("file storage quota used up")
+            raise bad_request("part is beyond the file's last part or the part limit")
         if replaced is not None:
             await self.chunks.remove(fid, part, replaced.blob)
         return ctx.encrypted({"status": "OK"})
