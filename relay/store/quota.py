@@ -55,6 +55,10 @@ def as_quota(quota: MessageQuota | int) -> MessageQuota:
     return quota if isinstance(quota, MessageQuota) else MessageQuota.only_messages(quota)
 
 
+# Bookkeeping charged per message on top of its record (to the budget and every quota), so
+# that empty records are not free. Both stores charge the same.
+MESSAGE_OVERHEAD = 200
+
 # Refusal messages, shared so both stores say the same thing (they reach X-Error-Details).
 MAILBOX_FULL = "the mailbox is full"
 MAILBOX_BYTES = "the mailbox's storage quota is used up"

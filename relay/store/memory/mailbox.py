@@ -2,11 +2,13 @@
 
 Every message is charged to its mailbox, its sender's account and its client's account (see
 relay.store.quota); the charges go when the message is removed: deleted, replaced, or
-purged once expired (when its mailbox is next touched, or by the periodic sweep).
+purged once expired: when its mailbox is next touched, when its sender's or client's account
+is next checked (each keeps a heap of its messages' deadlines), or by the periodic sweep.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 
 import attrs
@@ -18,14 +20,11 @@ from relay.store.quota import (
     CLIENT_RATE,
     MAILBOX_BYTES,
     MAILBOX_FULL,
+    MESSAGE_OVERHEAD,
     SENDER_FULL,
     MessageQuota,
     as_quota,
 )
-
-# Per-message bookkeeping beyond the record itself, counted against the byte budget and the
-# quotas (so that empty records are not free).
-_OVERHEAD = 200
 
 # Account keys: ("sender", hpk) or ("client", client key).
 _AccountKey = tuple[str, bytes | str]
@@ -41,7 +40,7 @@ class _Message:
 
     @property
     def size(self) -> int:
-        return len(self.record) + _OVERHEAD
+        return len(self.record) + MESSAGE_OVERHEAD
 
 
 @attrs.define
@@ -54,8 +53,24 @@ class _Mailbox:
 
 @attrs.define
 class _Account:
-    messages: int = 0
     size: int = 0
+    # (mailbox hpk, msg_id) -> deadline of each message charged here.
+    members: dict[tuple[bytes, bytes], float] = attrs.field(factory=dict)
+    # (deadline, hpk, msg_id), oldest first; rows of removed messages are skipped.
+    deadlines: list[tuple[float, bytes, bytes]] = attrs.field(factory=list)
+
+    @property
+    def messages(self) -> int:
+        return len(self.members)
+
+    def charge(self, hpk: bytes, msg_id: bytes, message: _Message) -> None:
+        self.size += message.size
+        self.members[(hpk, msg_id)] = message.deadline
+        heapq.heappush(self.deadlines, (message.deadline, hpk, msg_id))
+        # Removed messages leave rows behind; rebuild when they dominate.
+        if len(self.deadlines) > 2 * len(self.members) + 64:
+            self.deadlines = [(d, h, i) for (h, i), d in self.members.items()]
+            heapq.heapify(self.deadlines)
 
 
 @attrs.define
@@ -96,9 +111,9 @@ class MemoryMailboxStore:
         self.size -= message.size
         for key in _accounts_of(message.sender, message.client):
             account = self._accounts[key]
-            account.messages -= 1
             account.size -= message.size
-            if not account.messages:
+            del account.members[(hpk, msg_id)]
+            if not account.members:
                 del self._accounts[key]
         self._tokens.pop(message.token, None)
 
@@ -137,8 +152,17 @@ class MemoryMailboxStore:
         else:
             rate.size += size
 
+    def _trim(self, key: _AccountKey, now: float) -> None:
+        """Purge the expired messages charged to this account from their mailboxes."""
+        account = self._accounts.get(key)
+        while account is not None and account.deadlines and account.deadlines[0][0] <= now:
+            deadline, hpk, msg_id = heapq.heappop(account.deadlines)
+            if account.members.get((hpk, msg_id)) == deadline:
+                self._live(hpk)  # removes it, releasing this charge
+
     def _check_account(self, key: _AccountKey, size: int, replaced: _Message | None,
-                       max_messages: int, max_size: int, refusal: str) -> None:
+                       max_messages: int, max_size: int, refusal: str, now: float) -> None:
+        self._trim(key, now)
         account = self._accounts.get(key) or _Account()
         messages, used = account.messages + 1, account.size + size
         if replaced is not None and key in _accounts_of(replaced.sender, replaced.client):
@@ -153,6 +177,10 @@ class MemoryMailboxStore:
         now = self._seconds()
         message = _Message(record, token, now + ttl, sender, client)
         self._check_rate(client, len(record), quota, now)
+        if sender:
+            self._trim(("sender", sender), now)
+        if client:
+            self._trim(("client", client), now)
         mailbox = self._live(hpk) or _Mailbox()
         replaced = mailbox.messages.get(msg_id)
         freed = replaced.size if replaced is not None else 0
@@ -162,10 +190,12 @@ class MemoryMailboxStore:
             raise StoreFull(MAILBOX_BYTES)
         if sender:
             self._check_account(("sender", sender), message.size, replaced,
-                                quota.sender_max_messages, quota.sender_max_bytes, SENDER_FULL)
+                                quota.sender_max_messages, quota.sender_max_bytes, SENDER_FULL,
+                                now)
         if client:
             self._check_account(("client", client), message.size, replaced,
-                                quota.client_max_messages, quota.client_max_bytes, CLIENT_FULL)
+                                quota.client_max_messages, quota.client_max_bytes, CLIENT_FULL,
+                                now)
         self._budget.reserve(message.size, freeing=freed)
         # Every check passed: from here on nothing refuses.
         if replaced is not None:
@@ -178,9 +208,7 @@ class MemoryMailboxStore:
         self.messages += 1
         self.size += message.size
         for key in _accounts_of(sender, client):
-            account = self._accounts.setdefault(key, _Account())
-            account.messages += 1
-            account.size += message.size
+            self._accounts.setdefault(key, _Account()).charge(hpk, msg_id, message)
         self._charge_rate(client, len(record), quota, now)
 
     async def count(self, hpk: bytes) -> int:

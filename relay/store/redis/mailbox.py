@@ -38,6 +38,7 @@ from relay.store.quota import (
     CLIENT_RATE,
     MAILBOX_BYTES,
     MAILBOX_FULL,
+    MESSAGE_OVERHEAD,
     SENDER_FULL,
     MessageQuota,
     as_quota,
@@ -46,9 +47,7 @@ from relay.store.redis import RedisBackend
 from relay.store.redis.scripting import PRELUDE
 from relay.store.redis.sessions import ttl_ms
 
-# Per-message bookkeeping charged on top of the record (as the memory store does), so that
-# empty records are not free.
-OVERHEAD = 200
+OVERHEAD = MESSAGE_OVERHEAD
 
 # KEYS[1..6] are always the mailbox's order, expiry, records, tokens, owners and size keys.
 _MAILBOX_LUA = PRELUDE + f"local OVERHEAD = {OVERHEAD}\n" + """
