@@ -1,30 +1,29 @@
 """Mailboxes in Redis, every change one Lua script so a mailbox is never seen half-updated.
 
-Per mailbox (hpk) six keys, all expiring when the mailbox's longest-lived message does:
+Per mailbox (hpk) five keys, all expiring when the mailbox's longest-lived message does:
     mailbox:<hpk>:order    ZSET msg_id -> upload sequence (download order, oldest first)
     mailbox:<hpk>:expiry   ZSET msg_id -> deadline, ms on Redis's clock
     mailbox:<hpk>:records  HASH msg_id -> record (opaque bytes)
-    mailbox:<hpk>:tokens   HASH msg_id -> name of the message's token key
-    mailbox:<hpk>:owners   HASH msg_id -> the accounts it is charged to: "<sender>\\n<client>"
-                           (key prefixes, either may be empty)
-    mailbox:<hpk>:size     STRING bytes charged for the mailbox's messages
+    mailbox:<hpk>:tokens   HASH msg_id -> "<token key>\\n<sender account>\\n<client account>":
+                           the name of the message's token key and the key prefixes of the
+                           accounts it is charged to (either may be empty)
+    mailbox:<hpk>:size     STRING bytes charged to the mailbox
 and per message a token key, token:<token> (PX = the message's TTL), that messageStatus reads
 with PTTL. Expired messages are purged by the next script touching the mailbox, before it
 counts, reads or checks the caps.
 
 Quota accounts (relay.store.quota): per sender hpk (account:sender:<hpk>) and per client key
-(account:client:<key>), three keys each, expiring with the account's longest-lived message:
+(account:client:<key>), two keys each, expiring with the account's longest-lived message:
     <account>:expiry  ZSET member -> deadline (member: the mailbox's order key name + msg_id)
-    <account>:sizes   HASH member -> bytes charged
-    <account>:bytes   STRING total bytes charged
+    <account>:sizes   HASH member -> bytes charged, and "total" -> their sum (members start
+                      with "relay:", so never collide with it)
 A charge is released when its message is removed from its mailbox (delete, replace, purge)
 or, whichever comes first, when the account is next checked and the member's deadline has
 passed (trimmed by score), so expiry releases charges without any sweeper; releasing is
 idempotent (ZREM decides). Upload rates: rate:upload:<key>:<window> counters, PX = window.
 
-Under Redis's maxmemory (noeviction) a script fails only at its first write that could grow
-memory (Redis cannot stop a script half-way); a script's every state change is complete and
-consistent on its own, so a script refused there has changed nothing.
+At maxmemory (noeviction) Redis refuses only a script's first write that could grow memory
+(it cannot stop a script half-way), so a script refused there has changed nothing.
 
 Account and token keys are named inside the scripts (not in KEYS), so this layout needs a
 single Redis, not Redis Cluster.
@@ -49,27 +48,31 @@ from relay.store.redis.sessions import ttl_ms
 
 OVERHEAD = MESSAGE_OVERHEAD
 
-# KEYS[1..6] are always the mailbox's order, expiry, records, tokens, owners and size keys.
+# KEYS[1..5] are always the mailbox's order, expiry, records, tokens and size keys.
 _MAILBOX_LUA = PRELUDE + f"local OVERHEAD = {OVERHEAD}\n" + """
-
 -- Quota accounts --------------------------------------------------------------------------
+local function account_expire_at(prefix, deadline)
+  redis.call('PEXPIREAT', prefix .. ':expiry', deadline)
+  redis.call('PEXPIREAT', prefix .. ':sizes', deadline)
+end
+
+-- The account's keys live as long as its longest-lived charge; none when it has none.
 local function account_refresh(prefix)
   local last = redis.call('ZRANGE', prefix .. ':expiry', -1, -1, 'WITHSCORES')
   if #last == 0 then
-    redis.call('DEL', prefix .. ':expiry', prefix .. ':sizes', prefix .. ':bytes')
-    return
-  end
-  for _, suffix in ipairs({':expiry', ':sizes', ':bytes'}) do
-    redis.call('PEXPIREAT', prefix .. suffix, last[2])
+    redis.call('DEL', prefix .. ':expiry', prefix .. ':sizes')
+  else
+    account_expire_at(prefix, last[2])
   end
 end
 
 -- Release one charge (nothing if it is already released); the caller refreshes the TTLs.
 local function account_release(prefix, member)
   if redis.call('ZREM', prefix .. ':expiry', member) == 0 then return end
-  local size = tonumber(redis.call('HGET', prefix .. ':sizes', member) or '0')
-  redis.call('HDEL', prefix .. ':sizes', member)
-  redis.call('DECRBY', prefix .. ':bytes', size)
+  local sizes = prefix .. ':sizes'
+  local size = tonumber(redis.call('HGET', sizes, member) or '0')
+  redis.call('HDEL', sizes, member)
+  redis.call('HINCRBY', sizes, 'total', -size)
 end
 
 -- Release the charges of expired messages.
@@ -83,36 +86,38 @@ local function account_trim(prefix, now)
 end
 
 local function account_charge(prefix, member, deadline, size)
+  local sizes = prefix .. ':sizes'
   redis.call('ZADD', prefix .. ':expiry', deadline, member)
-  redis.call('HSET', prefix .. ':sizes', member, size)
-  redis.call('INCRBY', prefix .. ':bytes', size)
-  account_refresh(prefix)
-end
-
-local function owners_of(id)
-  local owners = redis.call('HGET', KEYS[5], id)
-  if not owners then return '', '' end
-  return string.match(owners, '^(.-)\\n(.*)$')
+  redis.call('HSET', sizes, member, size)
+  redis.call('HINCRBY', sizes, 'total', size)
+  local last = redis.call('ZRANGE', prefix .. ':expiry', -1, -1, 'WITHSCORES')
+  if tonumber(last[2]) <= deadline then account_expire_at(prefix, deadline) end
 end
 
 -- Mailboxes -------------------------------------------------------------------------------
+-- The message's token key and the accounts it is charged to (nil if there is no such id).
+local function where_is(id)
+  local entry = redis.call('HGET', KEYS[4], id)
+  if not entry then return nil end
+  local token_key, sender, client = string.match(entry, '^([^\\n]*)\\n([^\\n]*)\\n(.*)$')
+  if not token_key then return entry, '', '' end  -- written before accounts existed
+  return token_key, sender, client
+end
+
 local function remove(id)
   if redis.call('ZREM', KEYS[1], id) == 0 then return 0 end
   redis.call('ZREM', KEYS[2], id)
-  local size = redis.call('HSTRLEN', KEYS[3], id) + OVERHEAD
+  redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[3], id) + OVERHEAD)
   redis.call('HDEL', KEYS[3], id)
-  redis.call('DECRBY', KEYS[6], size)
-  local token_key = redis.call('HGET', KEYS[4], id)
+  local token_key, sender, client = where_is(id)
   if token_key then
-    redis.call('DEL', token_key)
     redis.call('HDEL', KEYS[4], id)
-  end
-  local sender, client = owners_of(id)
-  redis.call('HDEL', KEYS[5], id)
-  for _, prefix in ipairs({sender, client}) do
-    if prefix ~= '' then
-      account_release(prefix, KEYS[1] .. id)
-      account_refresh(prefix)
+    if token_key ~= '' then redis.call('DEL', token_key) end
+    for _, prefix in ipairs({sender, client}) do
+      if prefix ~= '' then
+        account_release(prefix, KEYS[1] .. id)
+        account_refresh(prefix)
+      end
     end
   end
   return 1
@@ -122,10 +127,10 @@ end
 local function refresh_ttl()
   local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
   if #last == 0 then
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
     return
   end
-  for i = 1, 6 do redis.call('PEXPIREAT', KEYS[i], last[2]) end
+  for i = 1, 5 do redis.call('PEXPIREAT', KEYS[i], last[2]) end
 end
 
 -- Drop messages whose deadline has passed; true if there were any.
@@ -141,7 +146,7 @@ end
 # What _STORE returns.
 STORED, MAILBOX_IS_FULL, MAILBOX_BYTES_USED, SENDER_USED, CLIENT_USED, RATE_USED = range(6)
 
-# KEYS[7]: the new message's token key. ARGV: msg_id, record, ttl_ms, then the limits (0: none)
+# KEYS[6]: the new message's token key. ARGV: msg_id, record, ttl_ms, then the limits (0: none)
 # max_messages, mailbox_max_bytes, then the sender account's prefix (empty: none),
 # sender_max_messages, sender_max_bytes, the client account's prefix, client_max_messages,
 # client_max_bytes, then the client's rate key prefix, bytes per window, window in ms.
@@ -166,12 +171,13 @@ local replacing = redis.call('ZSCORE', KEYS[1], id)
 local freed, old_sender, old_client = 0, nil, nil
 if replacing then
   freed = redis.call('HSTRLEN', KEYS[3], id) + OVERHEAD
-  old_sender, old_client = owners_of(id)
+  local _
+  _, old_sender, old_client = where_is(id)
 elseif tonumber(ARGV[4]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
   return 1
 end
 local max_bytes = tonumber(ARGV[5])
-if max_bytes > 0 and tonumber(redis.call('GET', KEYS[6]) or '0') - freed + size > max_bytes then
+if max_bytes > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') - freed + size > max_bytes then
   return 2
 end
 
@@ -179,7 +185,7 @@ local function fits(prefix, same_owner, max_messages, max_size)
   if prefix == '' then return true end
   account_trim(prefix, now)
   local messages = redis.call('ZCARD', prefix .. ':expiry') + 1
-  local used = tonumber(redis.call('GET', prefix .. ':bytes') or '0') + size
+  local used = tonumber(redis.call('HGET', prefix .. ':sizes', 'total') or '0') + size
   if same_owner then messages, used = messages - 1, used - freed end
   return not ((max_messages > 0 and messages > max_messages) or
               (max_size > 0 and used > max_size))
@@ -200,10 +206,9 @@ local deadline = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], sequence, id)
 redis.call('ZADD', KEYS[2], deadline, id)
 redis.call('HSET', KEYS[3], id, record)
-redis.call('HSET', KEYS[4], id, KEYS[7])
-redis.call('HSET', KEYS[5], id, sender .. '\\n' .. client)
-redis.call('INCRBY', KEYS[6], size)
-redis.call('SET', KEYS[7], '1', 'PX', ARGV[3])
+redis.call('HSET', KEYS[4], id, KEYS[6] .. '\\n' .. sender .. '\\n' .. client)
+redis.call('INCRBY', KEYS[5], size)
+redis.call('SET', KEYS[6], '1', 'PX', ARGV[3])
 refresh_ttl()
 for _, prefix in ipairs({sender, client}) do
   if prefix ~= '' then account_charge(prefix, KEYS[1] .. id, deadline, size) end
@@ -255,7 +260,7 @@ class RedisMailboxStore:
     def _keys(self, hpk: bytes) -> list[str]:
         key = self._backend.key
         return [key("mailbox", hpk, part)
-                for part in ("order", "expiry", "records", "tokens", "owners", "size")]
+                for part in ("order", "expiry", "records", "tokens", "size")]
 
     def _token_key(self, token: bytes) -> str:
         return self._backend.key("token", token)
