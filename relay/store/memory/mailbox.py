@@ -177,10 +177,6 @@ class MemoryMailboxStore:
         now = self._seconds()
         message = _Message(record, token, now + ttl, sender, client)
         self._check_rate(client, len(record), quota, now)
-        if sender:
-            self._trim(("sender", sender), now)
-        if client:
-            self._trim(("client", client), now)
         mailbox = self._live(hpk) or _Mailbox()
         replaced = mailbox.messages.get(msg_id)
         freed = replaced.size if replaced is not None else 0

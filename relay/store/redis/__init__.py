@@ -104,6 +104,7 @@ class RedisBackend:
                                    verify=self._verify_connection,
                                    verify_timeout=config.operation_timeout)
         self.memory = RedisMemory(config)
+        self._policy_unknown_logged = False
         self.pending_calls = 0
         self._running = False
         self._named_scripts: dict[str, str] = {}
@@ -192,7 +193,8 @@ class RedisBackend:
 
     async def _verify_connection(self, connection: Any) -> str | None:
         policy = await read_eviction_policy(connection)
-        if policy is None:
+        if policy is None and not self._policy_unknown_logged:
+            self._policy_unknown_logged = True
             log.warn("could not read Redis's maxmemory-policy (CONFIG and INFO refused); "
                      "make sure it is noeviction")
         return eviction_refusal(policy, self.config.allow_evicting_redis)
