@@ -213,13 +213,15 @@ def test_real_relay_on_a_small_redis_answers_507_then_recovers(small_redis, tmp_
     try:
         alice, bob = ZaxClient(relay.post, time.time), ZaxClient(relay.post, time.time)
         alice.connect(), bob.connect()
-        sent, status = [], 200
+        sent, tokens, status = [], [], 200
         for _ in range(200):
-            status, _, msg_id = alice.upload(bob, os.urandom(100_000))
+            status, token, msg_id = alice.upload(bob, os.urandom(100_000))
             if status != 200:
                 break
-            sent.append(msg_id)
+            sent.append(msg_id), tokens.append(token)
         assert status == 507 and len(sent) > 10
+        status, body = alice.command({"cmd": "messageStatus", "token": tokens[0].decode()})
+        assert status == 200 and int(body) > 0
         # Reads, deletes and new sessions go on.
         carol = ZaxClient(relay.post, time.time)
         assert carol.connect() == 0
