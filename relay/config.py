@@ -42,6 +42,18 @@ def _positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ConfigError(f"{attribute.name} must be a positive whole number, not {value!r}")
 
 
+def _non_negative_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{attribute.name} must be zero or a positive whole number, "
+                          f"not {value!r}")
+
+
+def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(f"{attribute.name} must be a number above 0 and at most 1, "
+                          f"not {value!r}")
+
+
 def _difficulty(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
         raise ConfigError(f"difficulty must be a whole number from 0 to 64, not {value!r}")
@@ -114,6 +126,17 @@ class StoreConfig:
     memory_max_handshakes: int = attrs.field(default=200_000, validator=_positive_int)
     # How often the memory store sweeps out expired entries.
     sweep_interval: float = attrs.field(default=30.0, validator=_positive)
+    # Redis: uploads are refused (507) once Redis's used_memory reaches this share of its
+    # maxmemory, so the rest stays free for what must not fail (nonce claims, sessions,
+    # handshakes, the bookkeeping of deletes). INFO memory is read every
+    # redis_memory_poll_interval seconds; bytes written since are counted on top.
+    redis_memory_ratio: float = attrs.field(default=0.85, validator=_fraction)
+    # Redis: a byte cap of our own on used_memory (0: only the maxmemory share above).
+    redis_max_bytes: int = attrs.field(default=0, validator=_non_negative_int)
+    redis_memory_poll_interval: float = attrs.field(default=1.0, validator=_positive)
+    # An evicting maxmemory-policy silently drops claimed nonces (replays get through) and
+    # acknowledged messages: the relay refuses to start on one unless this is true.
+    allow_evicting_redis: bool = attrs.field(default=False, validator=_boolean)
 
     def __attrs_post_init__(self) -> None:
         if self.url != "memory" and not self.url.startswith(("redis://", "unix://")):
@@ -148,6 +171,19 @@ class MailboxConfig:
     nonce_timeout: float = attrs.field(default=10 * MINUTE, validator=_positive)
     message_ttl: float = attrs.field(default=5 * DAY, validator=_positive)
     max_messages: int = attrs.field(default=1000, validator=_positive_int)
+    # Storage quotas of messages (507 beyond), so no mailbox, identity or network holds more
+    # than a small share of the store (memory_max_bytes, or Redis's memory): a mailbox 1/16,
+    # an identity (over every mailbox it writes to) 1/32, a network (over every identity)
+    # 1/16 of the default 256 MiB. Charges end when messages are deleted or expire.
+    mailbox_max_bytes: int = attrs.field(default=16 * MIB, validator=_positive_int)
+    sender_max_messages: int = attrs.field(default=2000, validator=_positive_int)
+    sender_max_bytes: int = attrs.field(default=8 * MIB, validator=_positive_int)
+    client_max_messages: int = attrs.field(default=5000, validator=_positive_int)
+    client_max_bytes: int = attrs.field(default=16 * MIB, validator=_positive_int)
+    # Message bytes one network may upload per client_upload_window seconds (429 beyond):
+    # bounds upload/delete churn, which the storage quotas alone do not.
+    client_upload_bytes: int = attrs.field(default=8 * MIB, validator=_positive_int)
+    client_upload_window: float = attrs.field(default=60.0, validator=_positive)
     max_message_size: int = attrs.field(default=256 * KIB, validator=_positive_int)
     download_page: int = attrs.field(default=100, validator=_positive_int)
     max_delete_ids: int = attrs.field(default=100, validator=_positive_int)

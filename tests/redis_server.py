@@ -84,9 +84,16 @@ def _read_reply(stream) -> object:
 
 
 class RedisServer:
-    def __init__(self, password: str | None = None, persist: bool = False) -> None:
+    def __init__(self, password: str | None = None, persist: bool = False,
+                 maxmemory: int | None = None, policy: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        """maxmemory (bytes) and policy (maxmemory-policy) as redis-server options;
+        extra_args are passed on as they are (e.g. ("--rename-command", "CONFIG", ""))."""
         self.password = password
         self.persist = persist
+        self.maxmemory = maxmemory
+        self.policy = policy
+        self.extra_args = extra_args
         self.directory = Path(tempfile.mkdtemp(prefix="relay-redis-"))
         self.socket_path = str(self.directory / "redis.sock")
         self.port: int | None = None
@@ -127,6 +134,11 @@ class RedisServer:
             args += ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.maxmemory is not None:
+            args += ["--maxmemory", str(self.maxmemory)]
+        if self.policy is not None:
+            args += ["--maxmemory-policy", self.policy]
+        args += list(self.extra_args)
         self.process = subprocess.Popen(args, cwd=self.directory, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         preexec_fn=_die_with_parent)
@@ -207,6 +219,13 @@ class RedisServer:
     def flush(self) -> None:
         self.command("FLUSHALL")
         self.command("SCRIPT", "FLUSH")
+
+    def info(self, section: str = "memory") -> dict[str, str]:
+        """The `field:value` lines of INFO section."""
+        reply = self.command("INFO", section)
+        assert isinstance(reply, bytes)
+        return dict(line.split(":", 1) for line in reply.decode().split("\r\n")
+                    if ":" in line and not line.startswith("#"))
 
     def keys(self, db: int = 0) -> list[bytes]:
         return self.command("KEYS", "*", db=db)  # type: ignore[return-value]

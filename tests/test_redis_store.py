@@ -9,10 +9,11 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.config import ConfigError, RelayConfig, StoreConfig
+from relay.config import ConfigError, MailboxConfig, RelayConfig, StoreConfig
 from relay.store import open_store
 from relay.store.errors import StoreFull, StoreUnavailable
 from relay.store.interfaces.sessions import Handshake, Session
+from relay.store.quota import MessageQuota
 from relay.store.redis import RedisBackend
 from relay.store.redis.address import RedisAddress, parse_redis_url
 from relay.store.redis.codec import (
@@ -93,12 +94,15 @@ async def test_every_key_has_a_ttl(redis_store, redis_server):
     await sessions.put_session(hpk, Session(b"sk", b"pk"), LONG_TTL)
     await sessions.claim_nonce(os.urandom(24), LONG_TTL)
     ids = [os.urandom(24) for _ in range(4)]
+    quota = MessageQuota.from_config(MailboxConfig())
+    charged = {"sender": os.urandom(32), "client": "192.0.2.7/32"}
     for msg_id in ids:
-        await mailbox.store_message(hpk, msg_id, b"r", os.urandom(32), LONG_TTL, 100)
-    await mailbox.store_message(hpk, ids[0], b"again", os.urandom(32), 60.0, 100)
+        await mailbox.store_message(hpk, msg_id, b"r", os.urandom(32), LONG_TTL, quota, **charged)
+    await mailbox.store_message(hpk, ids[0], b"again", os.urandom(32), 60.0, quota, **charged)
     await mailbox.delete(hpk, ids[1:2])
     keys = redis_server.keys()
-    assert len(keys) == 3 + 4 + 3  # handshake, session, nonce; mailbox; tokens
+    # handshake, session, nonce; mailbox; tokens; sender and client accounts; upload rate
+    assert len(keys) == 3 + 5 + 3 + 2 + 2 + 1
     for key in keys:
         assert key.startswith(b"relay:")
         assert redis_server.command("PTTL", key) > 0, key
@@ -114,6 +118,26 @@ async def test_mailbox_keys_live_as_long_as_the_longest_message(redis_store, red
         if key.startswith(b"relay:mailbox:"):
             assert 990_000 < redis_server.command("PTTL", key) <= 1_000_000
     await mailbox.delete(hpk, [b"a" * 24, b"b" * 24])
+    assert redis_server.keys() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_keys_live_as_long_as_their_longest_charge(redis_store, redis_server):
+    mailbox, sender = redis_store.mailbox, os.urandom(32)
+    quota = MessageQuota.from_config(MailboxConfig())
+    first, second = os.urandom(32), os.urandom(32)
+    await mailbox.store_message(first, b"a" * 24, b"r", os.urandom(32), 1000.0, quota,
+                                sender=sender)
+    await mailbox.store_message(second, b"b" * 24, b"r", os.urandom(32), 100.0, quota,
+                                sender=sender)
+    accounts = [key for key in redis_server.keys() if key.startswith(b"relay:account:")]
+    assert len(accounts) == 2
+    for key in accounts:
+        assert 990_000 < redis_server.command("PTTL", key) <= 1_000_000
+    await mailbox.delete(first, [b"a" * 24])
+    for key in accounts:
+        assert 90_000 < redis_server.command("PTTL", key) <= 100_000
+    await mailbox.delete(second, [b"b" * 24])
     assert redis_server.keys() == []
 
 

@@ -8,6 +8,7 @@ store's clock and really waits for Redis.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import pytest_twisted
@@ -15,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, gatherResults
 
-from relay.store.errors import StoreFull
+from relay.store.errors import StoreFull, StoreRateLimited
 from relay.store.interfaces.sessions import Handshake, Session
+from relay.store.quota import MESSAGE_OVERHEAD, MessageQuota
 
 SHORT_TTL = 0.3
 # Comfortably past SHORT_TTL, so Redis's expiry (ms precision) has surely happened.
@@ -424,3 +426,237 @@ def _model_test(kind: str):
 
 test_memory_mailbox_matches_a_model = _model_test("memory")
 test_redis_mailbox_matches_a_model = _model_test("redis")
+
+
+# -- quotas -----------------------------------------------------------------------------------
+# A message is charged len(record) + MESSAGE_OVERHEAD to its mailbox, sender and client.
+
+RECORD = b"r" * 100
+CHARGE = len(RECORD) + MESSAGE_OVERHEAD
+
+
+def quota(**limits) -> MessageQuota:
+    return MessageQuota(**{"max_messages": 1000, **limits})
+
+
+async def put(mailbox, hpk: bytes, limits: MessageQuota, *, sender: bytes = b"",
+              client: str = "", record: bytes = RECORD, msg_id: bytes | None = None,
+              token: bytes | None = None, ttl: float = LONG_TTL) -> tuple[bytes, bytes]:
+    msg_id, token = msg_id or os.urandom(24), token or os.urandom(32)
+    await mailbox.store_message(hpk, msg_id, record, token, ttl, limits, sender=sender,
+                                client=client)
+    return msg_id, token
+
+
+async def refused(mailbox, hpk: bytes, limits: MessageQuota, error=StoreFull, **kwargs) -> None:
+    """The upload is refused and leaves no trace (no token, the mailbox as it was)."""
+    before = await mailbox.read(hpk, 0, 1000)
+    token = os.urandom(32)
+    with pytest.raises(error):
+        await put(mailbox, hpk, limits, token=token, **kwargs)
+    assert await mailbox.message_ttl(token) == -2
+    assert await mailbox.read(hpk, 0, 1000) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_byte_quota(store_factory):
+    mailbox, hpk = store_factory.mailbox, random_key()
+    limits = quota(mailbox_max_bytes=3 * CHARGE)
+    ids = [(await put(mailbox, hpk, limits))[0] for _ in range(3)]
+    await refused(mailbox, hpk, limits)
+    await refused(mailbox, hpk, limits, record=b"")  # the overhead alone does not fit
+    # Other mailboxes have their own quota.
+    await put(mailbox, random_key(), limits)
+    assert await mailbox.delete(hpk, ids[:1]) == 2
+    await put(mailbox, hpk, limits)
+    assert await mailbox.count(hpk) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_sender_quota_spans_mailboxes_and_deletes_release_it(store_factory):
+    mailbox, sender = store_factory.mailbox, random_key()
+    limits = quota(sender_max_bytes=2 * CHARGE)
+    first, second, third = random_key(), random_key(), random_key()
+    first_id, _ = await put(mailbox, first, limits, sender=sender)
+    await put(mailbox, second, limits, sender=sender)
+    await refused(mailbox, third, limits, sender=sender)
+    # Another sender, or an upload charged to no sender, is not affected.
+    await put(mailbox, third, limits, sender=random_key())
+    await put(mailbox, third, limits)
+    # The recipient deleting one of the sender's messages frees its share.
+    assert await mailbox.delete(first, [first_id]) == 0
+    await put(mailbox, third, limits, sender=sender)
+    await refused(mailbox, first, limits, sender=sender)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sender_and_client_message_caps(store_factory):
+    mailbox = store_factory.mailbox
+    sender, client = random_key(), "192.0.2.1/32"
+    await put(mailbox, random_key(), quota(sender_max_messages=1), sender=sender)
+    await refused(mailbox, random_key(), quota(sender_max_messages=1), sender=sender)
+    await put(mailbox, random_key(), quota(client_max_messages=2), client=client)
+    await put(mailbox, random_key(), quota(client_max_messages=2), client=client)
+    await refused(mailbox, random_key(), quota(client_max_messages=2), client=client)
+    await put(mailbox, random_key(), quota(client_max_messages=2), client="192.0.2.2/32")
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_quota_spans_identities(store_factory):
+    mailbox, client = store_factory.mailbox, "2001:db8:1:2::/64"
+    limits = quota(client_max_bytes=2 * CHARGE, sender_max_bytes=10 * CHARGE)
+    await put(mailbox, random_key(), limits, sender=random_key(), client=client)
+    hpk = random_key()
+    msg_id, _ = await put(mailbox, hpk, limits, sender=random_key(), client=client)
+    await refused(mailbox, random_key(), limits, sender=random_key(), client=client)
+    await put(mailbox, random_key(), limits, sender=random_key(), client="2001:db8:1:3::/64")
+    await mailbox.delete(hpk, [msg_id])
+    await put(mailbox, random_key(), limits, sender=random_key(), client=client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_replacing_charges_only_the_difference(store_factory):
+    mailbox, hpk, sender, client = store_factory.mailbox, random_key(), random_key(), "c"
+    limits = quota(mailbox_max_bytes=2 * CHARGE, sender_max_bytes=2 * CHARGE,
+                   client_max_bytes=2 * CHARGE, sender_max_messages=2, client_max_messages=2,
+                   max_messages=2)
+    charged = {"sender": sender, "client": client}
+    msg_id, token = await put(mailbox, hpk, limits, **charged)
+    await put(mailbox, hpk, limits, **charged)
+    # Every quota is used up exactly, yet a same-sized or smaller replacement fits...
+    await put(mailbox, hpk, limits, msg_id=msg_id, token=token, **charged)
+    await put(mailbox, hpk, limits, msg_id=msg_id, token=token, record=b"small", **charged)
+    # ... and a larger one only up to what the smaller one freed.
+    await put(mailbox, hpk, limits, msg_id=msg_id, token=token, **charged)
+    await refused(mailbox, hpk, limits, msg_id=msg_id, record=RECORD + b"x", **charged)
+    assert await mailbox.read(hpk, 0, 10) == [RECORD, RECORD]
+
+
+@pytest_twisted.ensureDeferred
+async def test_replacing_moves_the_charge_to_the_new_sender(store_factory):
+    mailbox, hpk, first, second = store_factory.mailbox, random_key(), random_key(), random_key()
+    limits = quota(sender_max_bytes=CHARGE)
+    msg_id, _ = await put(mailbox, hpk, limits, sender=first)
+    await put(mailbox, hpk, limits, sender=second, msg_id=msg_id)
+    await put(mailbox, random_key(), limits, sender=first)  # first's share is free again
+    await refused(mailbox, random_key(), limits, sender=second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry_releases_every_charge(store_factory, store_sleep):
+    mailbox, sender, client = store_factory.mailbox, random_key(), "198.51.100.9/32"
+    limits = quota(sender_max_bytes=CHARGE, client_max_messages=1, mailbox_max_bytes=CHARGE)
+    hpk = random_key()
+    await put(mailbox, hpk, limits, sender=sender, client=client, ttl=SHORT_TTL)
+    await refused(mailbox, random_key(), limits, sender=sender)
+    await refused(mailbox, random_key(), limits, client=client)
+    await refused(mailbox, hpk, limits)
+    await store_sleep(PAST_SHORT_TTL)
+    # No read or sweep of the first mailbox in between: the accounts notice by themselves.
+    await put(mailbox, random_key(), limits, sender=sender)
+    await put(mailbox, random_key(), limits, client=client)
+    await put(mailbox, hpk, limits)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_upload_rate(store_factory, store_sleep):
+    mailbox, client = store_factory.mailbox, "203.0.113.0/32"
+    window = 2.0
+    limits = quota(client_upload_bytes=3 * len(RECORD), client_upload_window=window)
+    # Start early in a window (Redis counts windows on its clock, which is this machine's).
+    await store_sleep(window - time.time() % window + 0.05)
+    hpk = random_key()
+    for _ in range(3):
+        await put(mailbox, hpk, limits, client=client)
+    await refused(mailbox, hpk, limits, StoreRateLimited, client=client)
+    # Replacing costs rate too (it is a write), other clients have their own.
+    await put(mailbox, random_key(), limits, client="203.0.113.1/32")
+    await store_sleep(window)
+    await put(mailbox, hpk, limits, client=client)
+    assert await mailbox.count(hpk) == 4
+
+
+# Random uploads and deletes by two senders from two clients into two mailboxes, against a
+# model of every quota (the rate is off: it depends on time, tested above).
+_SENDERS = [bytes([i]) * 32 for i in (1, 2)]
+_CLIENTS = ["192.0.2.1/32", "192.0.2.2/32"]
+_MAILBOXES = [0, 1]
+
+_quota_store = st.tuples(st.just("store"), st.sampled_from(_MAILBOXES), st.sampled_from(_IDS),
+                         st.integers(0, 400), st.sampled_from([0, 1]), st.sampled_from([0, 1]))
+_quota_operations = st.lists(
+    st.one_of(
+        _quota_store, _quota_store, _quota_store,
+        st.tuples(st.just("delete"), st.sampled_from(_MAILBOXES),
+                  st.lists(st.sampled_from(_IDS), max_size=2)),
+    ),
+    min_size=4, max_size=24,
+)
+
+# Tight enough that each limit binds on its own in some examples (records of 0-400 bytes).
+_MODEL_QUOTA = MessageQuota(max_messages=3, mailbox_max_bytes=1200, sender_max_messages=3,
+                            sender_max_bytes=1000, client_max_messages=4, client_max_bytes=900)
+
+
+def _model_refuses(model: dict, box: int, msg_id: bytes, size: int, sender: bytes,
+                   client: str) -> bool:
+    q = _MODEL_QUOTA
+    replaced = model.get((box, msg_id))
+
+    def totals(match) -> tuple[int, int]:
+        rows = [row for key, row in model.items() if match(key, row) and key != (box, msg_id)]
+        return len(rows) + 1, sum(row[0] for row in rows) + size
+
+    count, used = totals(lambda key, row: key[0] == box)
+    if (replaced is None and count > q.max_messages) or used > q.mailbox_max_bytes:
+        return True
+    count, used = totals(lambda key, row: row[1] == sender)
+    if count > q.sender_max_messages or used > q.sender_max_bytes:
+        return True
+    count, used = totals(lambda key, row: row[2] == client)
+    return count > q.client_max_messages or used > q.client_max_bytes
+
+
+async def check_quotas_against_model(mailbox, operations) -> None:
+    hpks = [random_key(), random_key()]
+    senders = [random_key(), random_key()]  # fresh accounts per example
+    clients = [f"{os.urandom(4).hex()}/{i}" for i in range(2)]
+    model: dict[tuple[int, bytes], tuple[int, bytes, str, bytes]] = {}
+    for operation in operations:
+        if operation[0] == "store":
+            _, box, msg_id, length, s, c = operation
+            record = bytes([length % 256]) * length
+            size = length + MESSAGE_OVERHEAD
+            if _model_refuses(model, box, msg_id, size, senders[s], clients[c]):
+                with pytest.raises(StoreFull):
+                    await put(mailbox, hpks[box], _MODEL_QUOTA, sender=senders[s],
+                              client=clients[c], record=record, msg_id=msg_id)
+            else:
+                await put(mailbox, hpks[box], _MODEL_QUOTA, sender=senders[s],
+                          client=clients[c], record=record, msg_id=msg_id)
+                model.pop((box, msg_id), None)
+                model[(box, msg_id)] = (size, senders[s], clients[c], record)
+        else:
+            _, box, msg_ids = operation
+            for msg_id in msg_ids:
+                model.pop((box, msg_id), None)
+            await mailbox.delete(hpks[box], msg_ids)
+        for box in _MAILBOXES:
+            assert await mailbox.read(hpks[box], 0, 10) == \
+                [row[3] for key, row in model.items() if key[0] == box]
+
+
+def _quota_model_test(kind: str):
+    @pytest.mark.parametrize("store_kind", [kind])
+    @settings(max_examples=60, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(operations=_quota_operations)
+    @pytest_twisted.ensureDeferred
+    async def test(store_factory, operations):
+        await check_quotas_against_model(store_factory.mailbox, operations)
+
+    return test
+
+
+test_memory_quotas_match_a_model = _quota_model_test("memory")
+test_redis_quotas_match_a_model = _quota_model_test("redis")

@@ -10,6 +10,8 @@ from relay.crypto import b64encode, h2, make_nonce
 from relay.mailbox.commands import CommandContext, CommandProcessor, json_bytes
 from relay.mailbox.fields import b64_field, b64_value, int_field
 from relay.store import Store
+from relay.store.errors import StoreRateLimited
+from relay.store.quota import MessageQuota
 from relay.web.errors import HTTPError, bad_request
 
 # Message ids are the clients' nonces (24 bytes from every known client); allow some slack.
@@ -32,6 +34,7 @@ class MessageCommands:
     def __init__(self, config: MailboxConfig, store: Store) -> None:
         self.config = config
         self.store = store
+        self.quota = MessageQuota.from_config(config)
 
     def register(self, processor: CommandProcessor) -> None:
         processor.register("count", self.count)
@@ -59,8 +62,12 @@ class MessageCommands:
         if len(record) > self.config.max_message_size:
             raise HTTPError(413, "message too large")
         token = storage_token(b64encode(recipient), msg_id)
-        await self.store.mailbox.store_message(recipient, msg_id, record, token,
-                                               self.config.message_ttl, self.config.max_messages)
+        try:
+            await self.store.mailbox.store_message(
+                recipient, msg_id, record, token, self.config.message_ttl, self.quota,
+                sender=ctx.hpk, client=ctx.client)
+        except StoreRateLimited as e:
+            raise HTTPError(429, str(e)) from None
         return [b64encode(token)]
 
     async def download(self, ctx: CommandContext) -> list[str]:

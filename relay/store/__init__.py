@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -26,6 +27,18 @@ class Store:
     # File metadata and rendezvous channels; typed by their own interface modules.
     files: Any = None
     channels: Any = None
+    # What the store holds and may hold, for a periodic log line (see `Store.usage`).
+    usage_source: Callable[[], dict[str, Any]] | None = None
+
+    def usage(self) -> dict[str, Any]:
+        """Bytes used and the limit uploads are refused at, plus what the kind knows more.
+
+        Memory: {"kind", "used_bytes" (messages and file data), "limit_bytes",
+        "message_bytes", "messages"}. Redis: {"kind", "used_bytes" (Redis's used_memory at
+        the last reading, None before one), "limit_bytes" (None: no limit known),
+        "maxmemory", "policy"}. Cheap: reads counters, sends nothing to Redis.
+        """
+        return self.usage_source() if self.usage_source is not None else {"kind": self.kind}
 
 
 def open_store(config: RelayConfig, reactor: Any) -> Store:
@@ -34,9 +47,11 @@ def open_store(config: RelayConfig, reactor: Any) -> Store:
 
         backend = MemoryBackend(config.store, reactor)
         tables = open_memory_tables(backend)
-        return Store(service=backend.make_service(), kind="memory", **tables)
+        return Store(service=backend.make_service(), kind="memory", usage_source=backend.usage,
+                     **tables)
     from relay.store.redis import RedisBackend, open_redis_tables
 
     backend = RedisBackend(config.store, reactor)
     tables = open_redis_tables(backend)
-    return Store(service=backend.make_service(), kind="redis", **tables)
+    return Store(service=backend.make_service(), kind="redis", usage_source=backend.usage,
+                 **tables)

@@ -14,3 +14,10 @@ class StoreFull(StoreError):
 
     Nothing was stored by the operation that raised it.
     """
+
+
+class StoreRateLimited(StoreError):
+    """A client wrote more than its rate allows; it may try again later (HTTP 429).
+
+    Nothing was stored by the operation that raised it.
+    """

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from relay.store.quota import MessageQuota
+
 
 class MailboxStore(Protocol):
     """Mailboxes keyed by hpk. A message is an opaque record (the JSON object /download
     returns, pre-encoded), its id (the message nonce) and a storage token."""
 
     async def store_message(self, hpk: bytes, msg_id: bytes, record: bytes,
-                            token: bytes, ttl: float, max_messages: int) -> None:
+                            token: bytes, ttl: float, quota: MessageQuota | int,
+                            sender: bytes = b"", client: str = "") -> None:
         """Add (or replace, for the same msg_id) a message for ttl seconds.
 
-        Raises StoreFull, storing nothing, if the mailbox already holds max_messages
-        other messages or the store's byte budget would be exceeded.
+        The message is charged to the mailbox, to `sender` (an hpk) and to `client` (a
+        client key) as `quota` says (relay.store.quota; an int is the mailbox's message cap
+        alone; an empty sender or client is charged nothing). Replacing charges only the
+        difference; charges end when the message is deleted, replaced or expires.
+
+        Raises StoreRateLimited if the client's upload rate is used up, StoreFull if a cap
+        would be exceeded (the mailbox's messages or bytes, the sender's or client's stored
+        messages or bytes, the store's byte budget); either way nothing is changed.
         """
 
     async def count(self, hpk: bytes) -> int:

@@ -21,6 +21,13 @@ class MemoryBackend:
         self.clock = clock
         self.budget = ByteBudget(config.memory_max_bytes)
         self.sweepers: list = []
+        self.mailbox: MemoryMailboxStore | None = None
+
+    def usage(self) -> dict:
+        mailbox = self.mailbox
+        return {"kind": "memory", "used_bytes": self.budget.used, "limit_bytes": self.budget.limit,
+                "message_bytes": mailbox.size if mailbox else 0,
+                "messages": mailbox.messages if mailbox else 0}
 
     def sweep(self) -> None:
         for sweep in self.sweepers:
@@ -35,6 +42,7 @@ class MemoryBackend:
 def open_memory_tables(backend: MemoryBackend) -> dict:
     sessions = MemorySessionStore(backend.clock.seconds, backend.config.memory_max_handshakes)
     mailbox = MemoryMailboxStore(backend.clock.seconds, backend.budget)
+    backend.mailbox = mailbox
     channels = MemoryChannelStore(backend.clock.seconds)
     files = MemoryFileStore(backend.clock.seconds, backend.budget)
     backend.sweepers += [sessions.sweep, mailbox.sweep, channels.sweep, files.sweep]

@@ -10,9 +10,13 @@ class ByteBudget:
         self.limit = limit
         self.used = 0
 
-    def reserve(self, size: int) -> None:
-        """Account for size more bytes, or raise StoreFull and account for nothing."""
-        if self.used + size > self.limit:
+    def reserve(self, size: int, freeing: int = 0) -> None:
+        """Account for size more bytes, or raise StoreFull and account for nothing.
+
+        `freeing` is what the caller is about to release for this (a replaced record): the
+        check counts only the difference, the caller still releases it itself.
+        """
+        if self.used - freeing + size > self.limit:
             raise StoreFull("the relay's memory store is full")
         self.used += size
 

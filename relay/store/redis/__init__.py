@@ -31,6 +31,12 @@ channels.py) takes the backend and uses only this API:
 ``backend.clock``
     The reactor the backend was built with (timeouts; it also makes the connections).
 
+``backend.memory``
+    Redis's memory as last read (relay.store.redis.memory): ``backend.memory.check(size)``
+    raises StoreFull (HTTP 507) while Redis is too full for ``size`` more bytes of client data
+    (call it before writing client data), ``backend.memory.written(size)`` counts what was
+    written since the last reading, ``backend.memory.usage()`` for logging.
+
 ``backend.pending_calls``, ``backend.pool.live_count``, ``backend.pool.is_down``
     For tests and metrics.
 
@@ -42,23 +48,30 @@ Keys: every key a table writes must get a TTL in the same command or script.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import txredisapi
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from relay.config import StoreConfig
 from relay.store.errors import StoreFull, StoreUnavailable
 from relay.store.redis.address import parse_redis_url
+from relay.store.redis.memory import RedisMemory, eviction_refusal, read_eviction_policy
 from relay.store.redis.pool import ConnectionPool
 
 KEY_PREFIX = "relay"
+
+log = Logger(namespace="relay.store")
 
 # What a dropped or refused connection looks like, from txredisapi or from Twisted.
 _CONNECTION_ERRORS = (txredisapi.ConnectionError, txredisapi.InvalidResponse,
@@ -87,7 +100,11 @@ class RedisBackend:
         else:
             endpoint = HostnameEndpoint(clock, self.address.host, self.address.port,
                                         timeout=config.operation_timeout)
-        self.pool = ConnectionPool(endpoint, self.address, config.pool_size, clock)
+        self.pool = ConnectionPool(endpoint, self.address, config.pool_size, clock,
+                                   verify=self._verify_connection,
+                                   verify_timeout=config.operation_timeout)
+        self.memory = RedisMemory(config)
+        self._policy_unknown_logged = False
         self.pending_calls = 0
         self._running = False
         self._named_scripts: dict[str, str] = {}
@@ -174,9 +191,21 @@ class RedisBackend:
 
         return await self.run(evaluate)
 
+    async def _verify_connection(self, connection: Any) -> str | None:
+        policy = await read_eviction_policy(connection)
+        if policy is None and not self._policy_unknown_logged:
+            self._policy_unknown_logged = True
+            log.warn("could not read Redis's maxmemory-policy (CONFIG and INFO refused); "
+                     "make sure it is noeviction")
+        return eviction_refusal(policy, self.config.allow_evicting_redis)
+
+    def usage(self) -> dict[str, Any]:
+        """Redis's memory as last read, and the limit uploads are refused at."""
+        return {"kind": "redis", **self.memory.usage()}
+
     # -- service ----------------------------------------------------------------------------
 
-    def make_service(self) -> Service:
+    def make_service(self) -> MultiService:
         return _RedisService(self)
 
     def _start(self) -> None:
@@ -196,19 +225,45 @@ def _error_reply(error: txredisapi.ResponseError) -> Exception:
     return StoreUnavailable(f"Redis answered with an error: {message[:200]}")
 
 
-class _RedisService(Service):
-    """Connects the pool when started; closes every connection when stopped."""
+def exit_with_one_line(reason: str, reactor: Any) -> None:
+    """Stop the reactor, then the process with status 1 (twistd itself always exits 0)."""
+    def exit_now() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    reactor.addSystemEventTrigger("after", "shutdown", exit_now)
+    reactor.stop()
+
+
+class _RedisService(MultiService):
+    """Connects the pool when started (and polls Redis's memory); closes every connection
+    when stopped. A Redis the relay must not use (an evicting maxmemory-policy) is logged in
+    one line and `on_refused(reason, reactor)` runs: by default it ends the process."""
 
     def __init__(self, backend: RedisBackend) -> None:
+        super().__init__()
         self.backend = backend
+        self.on_refused = exit_with_one_line
+        poll = TimerService(backend.config.redis_memory_poll_interval,
+                            lambda: Deferred.fromCoroutine(backend.memory.poll(backend)))
+        poll.clock = backend.clock
+        poll.setServiceParent(self)
+
+    def _refused(self, reason: str) -> None:
+        log.critical("refusing to use this Redis: {reason}", reason=reason)
+        self.on_refused(reason, self.backend.clock)
 
     def startService(self) -> None:
-        super().startService()
+        self.backend.pool.on_refused = self._refused
         self.backend._start()
+        super().startService()
 
     def stopService(self) -> Deferred:
-        super().stopService()
-        return Deferred.fromCoroutine(self.backend._stop())
+        # The pool first: it fails whatever waits for a connection (a poll, say) at once,
+        # so the poll's service stops without waiting out an operation timeout.
+        pool_stopped = Deferred.fromCoroutine(self.backend._stop())
+        return gatherResults([pool_stopped, super().stopService()])
 
 
 def open_redis_tables(backend: RedisBackend) -> dict:

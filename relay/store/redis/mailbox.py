@@ -1,33 +1,124 @@
 """Mailboxes in Redis, every change one Lua script so a mailbox is never seen half-updated.
 
-Per mailbox (hpk) four keys, all expiring when the mailbox's longest-lived message does:
+Per mailbox (hpk) five keys, all expiring when the mailbox's longest-lived message does:
     mailbox:<hpk>:order    ZSET msg_id -> upload sequence (download order, oldest first)
     mailbox:<hpk>:expiry   ZSET msg_id -> deadline, ms on Redis's clock
     mailbox:<hpk>:records  HASH msg_id -> record (opaque bytes)
-    mailbox:<hpk>:tokens   HASH msg_id -> name of the message's token key
+    mailbox:<hpk>:tokens   HASH msg_id -> "<token key>\\n<sender account>\\n<client account>":
+                           the name of the message's token key and the key prefixes of the
+                           accounts it is charged to (either may be empty)
+    mailbox:<hpk>:size     STRING bytes charged to the mailbox
 and per message a token key, token:<token> (PX = the message's TTL), that messageStatus reads
 with PTTL. Expired messages are purged by the next script touching the mailbox, before it
-counts, reads or checks the cap. The token keys are named inside the scripts (not in KEYS),
-so this layout needs a single Redis, not Redis Cluster.
+counts, reads or checks the caps.
+
+Quota accounts (relay.store.quota): per sender hpk (account:sender:<hpk>) and per client key
+(account:client:<key>), two keys each, expiring with the account's longest-lived message:
+    <account>:expiry  ZSET member -> deadline (member: the mailbox's order key name + msg_id)
+    <account>:sizes   HASH member -> bytes charged, and "total" -> their sum (members start
+                      with "relay:", so never collide with it)
+A charge is released when its message is removed from its mailbox (delete, replace, purge)
+or, whichever comes first, when the account is next checked and the member's deadline has
+passed (trimmed by score), so expiry releases charges without any sweeper; releasing is
+idempotent (ZREM decides). Upload rates: rate:upload:<key>:<window> counters, PX = window.
+
+At maxmemory (noeviction) Redis refuses only a script's first write that could grow memory
+(it cannot stop a script half-way), so a script refused there has changed nothing.
+
+Account and token keys are named inside the scripts (not in KEYS), so this layout needs a
+single Redis, not Redis Cluster.
 """
 
 from __future__ import annotations
 
-from relay.store.errors import StoreFull
+from relay.store.errors import StoreFull, StoreRateLimited
+from relay.store.quota import (
+    CLIENT_FULL,
+    CLIENT_RATE,
+    MAILBOX_BYTES,
+    MAILBOX_FULL,
+    MESSAGE_OVERHEAD,
+    SENDER_FULL,
+    MessageQuota,
+    as_quota,
+)
 from relay.store.redis import RedisBackend
 from relay.store.redis.scripting import PRELUDE
 from relay.store.redis.sessions import ttl_ms
 
-# KEYS[1..4] are always the mailbox's order, expiry, records and tokens keys.
-_MAILBOX_LUA = PRELUDE + """
+OVERHEAD = MESSAGE_OVERHEAD
+
+# KEYS[1..5] are always the mailbox's order, expiry, records, tokens and size keys.
+_MAILBOX_LUA = PRELUDE + f"local OVERHEAD = {OVERHEAD}\n" + """
+-- Quota accounts --------------------------------------------------------------------------
+local function account_expire_at(prefix, deadline)
+  redis.call('PEXPIREAT', prefix .. ':expiry', deadline)
+  redis.call('PEXPIREAT', prefix .. ':sizes', deadline)
+end
+
+-- The account's keys live as long as its longest-lived charge; none when it has none.
+local function account_refresh(prefix)
+  local last = redis.call('ZRANGE', prefix .. ':expiry', -1, -1, 'WITHSCORES')
+  if #last == 0 then
+    redis.call('DEL', prefix .. ':expiry', prefix .. ':sizes')
+  else
+    account_expire_at(prefix, last[2])
+  end
+end
+
+-- Release one charge (nothing if it is already released); the caller refreshes the TTLs.
+local function account_release(prefix, member)
+  if redis.call('ZREM', prefix .. ':expiry', member) == 0 then return end
+  local sizes = prefix .. ':sizes'
+  local size = tonumber(redis.call('HGET', sizes, member) or '0')
+  redis.call('HDEL', sizes, member)
+  redis.call('HINCRBY', sizes, 'total', -size)
+end
+
+-- Release the charges of expired messages.
+local function account_trim(prefix, now)
+  local first = redis.call('ZRANGE', prefix .. ':expiry', 0, 0, 'WITHSCORES')
+  if #first == 0 or tonumber(first[2]) > now then return end
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', prefix .. ':expiry', '-inf', now)) do
+    account_release(prefix, member)
+  end
+  account_refresh(prefix)
+end
+
+local function account_charge(prefix, member, deadline, size)
+  local sizes = prefix .. ':sizes'
+  redis.call('ZADD', prefix .. ':expiry', deadline, member)
+  redis.call('HSET', sizes, member, size)
+  redis.call('HINCRBY', sizes, 'total', size)
+  local last = redis.call('ZRANGE', prefix .. ':expiry', -1, -1, 'WITHSCORES')
+  if tonumber(last[2]) <= deadline then account_expire_at(prefix, deadline) end
+end
+
+-- Mailboxes -------------------------------------------------------------------------------
+-- The message's token key and the accounts it is charged to (nil if there is no such id).
+local function where_is(id)
+  local entry = redis.call('HGET', KEYS[4], id)
+  if not entry then return nil end
+  local token_key, sender, client = string.match(entry, '^([^\\n]*)\\n([^\\n]*)\\n(.*)$')
+  if not token_key then return entry, '', '' end  -- written before accounts existed
+  return token_key, sender, client
+end
+
 local function remove(id)
   if redis.call('ZREM', KEYS[1], id) == 0 then return 0 end
   redis.call('ZREM', KEYS[2], id)
+  redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[3], id) + OVERHEAD)
   redis.call('HDEL', KEYS[3], id)
-  local token_key = redis.call('HGET', KEYS[4], id)
+  local token_key, sender, client = where_is(id)
   if token_key then
-    redis.call('DEL', token_key)
     redis.call('HDEL', KEYS[4], id)
+    if token_key ~= '' then redis.call('DEL', token_key) end
+    for _, prefix in ipairs({sender, client}) do
+      if prefix ~= '' then
+        account_release(prefix, KEYS[1] .. id)
+        account_refresh(prefix)
+      end
+    end
   end
   return 1
 end
@@ -36,10 +127,10 @@ end
 local function refresh_ttl()
   local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
   if #last == 0 then
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
     return
   end
-  for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], last[2]) end
+  for i = 1, 5 do redis.call('PEXPIREAT', KEYS[i], last[2]) end
 end
 
 -- Drop messages whose deadline has passed; true if there were any.
@@ -52,31 +143,91 @@ local function purge(now)
 end
 """
 
-# KEYS[5]: the new message's token key. ARGV: msg_id, record, ttl_ms, max_messages.
-# Returns 1 if stored, 0 if the mailbox is full (nothing written but the purge).
+# What _STORE returns.
+STORED, MAILBOX_IS_FULL, MAILBOX_BYTES_USED, SENDER_USED, CLIENT_USED, RATE_USED = range(6)
+
+# KEYS[6]: the new message's token key. ARGV: msg_id, record, ttl_ms, then the limits (0: none)
+# max_messages, mailbox_max_bytes, then the sender account's prefix (empty: none),
+# sender_max_messages, sender_max_bytes, the client account's prefix, client_max_messages,
+# client_max_bytes, then the client's rate key prefix, bytes per window, window in ms.
+# Returns STORED or which limit refused (then nothing changed but expired entries purged).
 _STORE = _MAILBOX_LUA + """
 local now = now_ms()
-if purge(now) then refresh_ttl() end
-local id = ARGV[1]
-local replacing = redis.call('ZSCORE', KEYS[1], id)
-if not replacing and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-if replacing then
-  local old_token_key = redis.call('HGET', KEYS[4], id)
-  if old_token_key and old_token_key ~= KEYS[5] then redis.call('DEL', old_token_key) end
+local id, record = ARGV[1], ARGV[2]
+local size = #record + OVERHEAD
+local sender, client = ARGV[6], ARGV[9]
+
+local rate_key = nil
+if ARGV[12] ~= '' and tonumber(ARGV[13]) > 0 then
+  local window = tonumber(ARGV[14])
+  rate_key = ARGV[12] .. ':' .. math.floor(now / window)
+  if tonumber(redis.call('GET', rate_key) or '0') + #record > tonumber(ARGV[13]) then
+    return 5
+  end
 end
--- A replaced message moves to the end, as a new upload.
+
+if purge(now) then refresh_ttl() end
+local replacing = redis.call('ZSCORE', KEYS[1], id)
+local freed, old_sender, old_client = 0, nil, nil
+if replacing then
+  freed = redis.call('HSTRLEN', KEYS[3], id) + OVERHEAD
+  local _
+  _, old_sender, old_client = where_is(id)
+elseif tonumber(ARGV[4]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 1
+end
+local max_bytes = tonumber(ARGV[5])
+if max_bytes > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') - freed + size > max_bytes then
+  return 2
+end
+
+local function fits(prefix, same_owner, max_messages, max_size)
+  if prefix == '' then return true end
+  account_trim(prefix, now)
+  local messages = redis.call('ZCARD', prefix .. ':expiry') + 1
+  local used = tonumber(redis.call('HGET', prefix .. ':sizes', 'total') or '0') + size
+  if same_owner then messages, used = messages - 1, used - freed end
+  return not ((max_messages > 0 and messages > max_messages) or
+              (max_size > 0 and used > max_size))
+end
+if not fits(sender, sender == old_sender, tonumber(ARGV[7]), tonumber(ARGV[8])) then
+  return 3
+end
+if not fits(client, client == old_client, tonumber(ARGV[10]), tonumber(ARGV[11])) then
+  return 4
+end
+
+-- Every check passed: from here on nothing refuses. A replaced message moves to the end.
+if replacing then remove(id) end
 local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 local sequence = 1
 if #newest > 0 then sequence = tonumber(newest[2]) + 1 end
 local deadline = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], sequence, id)
 redis.call('ZADD', KEYS[2], deadline, id)
-redis.call('HSET', KEYS[3], id, ARGV[2])
-redis.call('HSET', KEYS[4], id, KEYS[5])
-redis.call('SET', KEYS[5], '1', 'PX', ARGV[3])
+redis.call('HSET', KEYS[3], id, record)
+redis.call('HSET', KEYS[4], id, KEYS[6] .. '\\n' .. sender .. '\\n' .. client)
+redis.call('INCRBY', KEYS[5], size)
+redis.call('SET', KEYS[6], '1', 'PX', ARGV[3])
 refresh_ttl()
-return 1
+for _, prefix in ipairs({sender, client}) do
+  if prefix ~= '' then account_charge(prefix, KEYS[1] .. id, deadline, size) end
+end
+if rate_key then
+  if not redis.call('SET', rate_key, #record, 'PX', ARGV[14], 'NX') then
+    redis.call('INCRBY', rate_key, #record)
+  end
+end
+return 0
 """
+
+_REFUSALS: dict[int, tuple[type[Exception], str]] = {
+    MAILBOX_IS_FULL: (StoreFull, MAILBOX_FULL),
+    MAILBOX_BYTES_USED: (StoreFull, MAILBOX_BYTES),
+    SENDER_USED: (StoreFull, SENDER_FULL),
+    CLIENT_USED: (StoreFull, CLIENT_FULL),
+    RATE_USED: (StoreRateLimited, CLIENT_RATE),
+}
 
 _COUNT = _MAILBOX_LUA + """
 if purge(now_ms()) then refresh_ttl() end
@@ -108,19 +259,33 @@ class RedisMailboxStore:
 
     def _keys(self, hpk: bytes) -> list[str]:
         key = self._backend.key
-        return [key("mailbox", hpk, "order"), key("mailbox", hpk, "expiry"),
-                key("mailbox", hpk, "records"), key("mailbox", hpk, "tokens")]
+        return [key("mailbox", hpk, part)
+                for part in ("order", "expiry", "records", "tokens", "size")]
 
     def _token_key(self, token: bytes) -> str:
         return self._backend.key("token", token)
 
     async def store_message(self, hpk: bytes, msg_id: bytes, record: bytes,
-                            token: bytes, ttl: float, max_messages: int) -> None:
-        stored = await self._backend.script(
+                            token: bytes, ttl: float, quota: MessageQuota | int,
+                            sender: bytes = b"", client: str = "") -> None:
+        quota = as_quota(quota)
+        size = len(record) + OVERHEAD
+        # Redis's own memory first: refused while it is nearly full (relay.store.redis.memory).
+        self._backend.memory.check(size)
+        key = self._backend.key
+        sender_prefix = key("account", "sender", sender) if sender else ""
+        client_prefix = key("account", "client", client.encode()) if client else ""
+        rate_prefix = key("rate", "upload", client.encode()) if client else ""
+        result = await self._backend.script(
             _STORE, [*self._keys(hpk), self._token_key(token)],
-            [msg_id, record, ttl_ms(ttl), max_messages])
-        if stored != 1:
-            raise StoreFull("the mailbox is full")
+            [msg_id, record, ttl_ms(ttl), quota.max_messages, quota.mailbox_max_bytes,
+             sender_prefix, quota.sender_max_messages, quota.sender_max_bytes,
+             client_prefix, quota.client_max_messages, quota.client_max_bytes,
+             rate_prefix, quota.client_upload_bytes, ttl_ms(quota.client_upload_window)])
+        if result != STORED:
+            error, message = _REFUSALS.get(result, (StoreFull, "refused"))
+            raise error(message)
+        self._backend.memory.written(size)
 
     async def count(self, hpk: bytes) -> int:
         return await self._backend.script(_COUNT, self._keys(hpk), [])

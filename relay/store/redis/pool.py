@@ -5,11 +5,16 @@ backoff). Callers take a live connection from `pick()`; only while the pool is s
 its first connections do they `wait()` for one. Once a connection attempt has failed or the
 last live connection is lost, the pool counts as down and `wait()` fails at once, so requests
 fail fast during an outage instead of piling up until Redis returns.
+
+A new connection joins the pool only once `verify(connection)` (if given) has passed: it
+returns None, or a one-line reason to refuse this Redis (an evicting maxmemory-policy), which
+is handed to `on_refused` while the pool stays unusable (calls fail with that reason).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import txredisapi
@@ -65,8 +70,15 @@ class _ProtocolFactory(Factory):
 
 class ConnectionPool:
     def __init__(self, endpoint: IStreamClientEndpoint, address: RedisAddress, size: int,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime,
+                 verify: Callable[[Any], Awaitable[str | None]] | None = None,
+                 verify_timeout: float = 2.0) -> None:
         self._clock = clock
+        self._verify = verify
+        self._verify_timeout = verify_timeout
+        # Called with the reason when a connection's verification refuses this Redis.
+        self.on_refused: Callable[[str], None] = lambda reason: None
+        self.refusal: str | None = None
         factory = _ProtocolFactory(self, address)
         self._services = [
             ClientService(endpoint, factory, retryPolicy=self._retry_delay, clock=clock)
@@ -120,6 +132,8 @@ class ConnectionPool:
         """
         if not self._running:
             raise StoreUnavailable("the Redis store is not running")
+        if self.refusal is not None:
+            raise StoreUnavailable(self.refusal)
         if self._down:
             raise StoreUnavailable("Redis is unreachable")
         waiter: Deferred = Deferred(self._forget_waiter)
@@ -131,14 +145,46 @@ class ConnectionPool:
             self._waiters.remove(waiter)
 
     def _connection_ready(self, connection: txredisapi.BaseRedisProtocol) -> Any:
-        # Runs inside connectionMade; waiters (who send commands and may drop the connection)
-        # are woken on the next turn so the connection's set-up finishes first.
+        # Runs inside connectionMade: verification (which sends commands and may drop the
+        # connection) starts on the next turn, so the connection's set-up finishes first.
+        if self._verify is None:
+            self._add_live(connection)
+        else:
+            self._clock.callLater(0, self._start_verifying, connection)
+        return connection
+
+    def _start_verifying(self, connection: txredisapi.BaseRedisProtocol) -> None:
+        if not connection.connected:
+            return
+        assert self._verify is not None
+        check = Deferred.fromCoroutine(self._verify(connection))
+        check.addTimeout(self._verify_timeout, self._clock)
+        check.addCallbacks(lambda refusal: self._verified(connection, refusal),
+                           lambda failure: self._drop(connection))
+
+    def _verified(self, connection: txredisapi.BaseRedisProtocol, refusal: str | None) -> None:
+        if refusal is None:
+            if connection.connected and self._running:
+                self._add_live(connection)
+            return
+        self._drop(connection)
+        if self.refusal is None:
+            self.refusal = refusal
+            self._fail_waiters(refusal)
+            self.on_refused(refusal)
+
+    def _drop(self, connection: txredisapi.BaseRedisProtocol) -> None:
+        # A connection that could not be verified is closed; its service reconnects.
+        if connection.transport is not None:
+            connection.transport.abortConnection()
+
+    def _add_live(self, connection: txredisapi.BaseRedisProtocol) -> None:
+        # Waiters (who send commands and may drop the connection) are woken on the next turn.
         self._live.append(connection)
         self._down = False
         self._unready_streak = 0
         if self._waiters and (self._wake_call is None or not self._wake_call.active()):
             self._wake_call = self._clock.callLater(0, self._wake_waiters)
-        return connection
 
     def _wake_waiters(self) -> None:
         while self._waiters:

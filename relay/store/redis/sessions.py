@@ -28,8 +28,13 @@ return 1
 _SESSION_AND_NONCE = """
 local session = redis.call('GET', KEYS[1])
 if not session then return {false, 0} end
-if redis.call('SET', KEYS[2], '1', 'PX', ARGV[1], 'NX') then return {session, 1} end
-return {session, 0}
+if redis.call('EXISTS', KEYS[2]) == 1 then return {session, 0} end
+-- At maxmemory Redis refuses only a script's first write: this PEXPIRE of the absent key
+-- changes nothing but is that first write, so the claim always lands and a full Redis still
+-- serves delete and download, which free memory (an upload then fails at its own write).
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return {session, 1}
 """
 
 
