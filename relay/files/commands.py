@@ -28,6 +28,7 @@ from relay.mailbox.fields import b64_field, b64_value, bool_field, int_field
 from relay.mailbox.messages import MAX_ID_BYTES, message_record, storage_token
 from relay.mailbox.resource import log_id
 from relay.store import Store
+from relay.store.quota import MessageQuota
 from relay.store.errors import StoreFull
 from relay.store.interfaces.files import (
     ChunkStore,
@@ -58,6 +59,9 @@ class FileCommands:
         self.store = store
         self.chunks = chunks
         self.ids = UploadIds(config.files)
+        # The file's offer message is a message like any other: the sender's and the
+        # client's message quotas pay for it too.
+        self.offer_quota = MessageQuota.from_config(config.mailbox)
         f = config.files
         self.caps = FileCaps(
             sender_bytes=f.mailbox_max_bytes, client_bytes=f.client_max_bytes,
@@ -134,7 +138,7 @@ class FileCommands:
         try:
             await self.store.mailbox.store_message(
                 recipient, msg_id, record_bytes, token, self.files_config.file_ttl,
-                self.config.mailbox.max_messages)
+                self.offer_quota, sender=ctx.hpk, client=ctx.client)
         except BaseException:
             if created:  # a file its recipient can never learn of must not hold quota
                 await self.store.files.delete(fid)
