@@ -28,7 +28,6 @@ from relay.mailbox.fields import b64_field, b64_value, bool_field, int_field
 from relay.mailbox.messages import MAX_ID_BYTES, message_record, storage_token
 from relay.mailbox.resource import log_id
 from relay.store import Store
-from relay.store.quota import MessageQuota
 from relay.store.errors import StoreFull
 from relay.store.interfaces.files import (
     ChunkStore,
@@ -38,6 +37,7 @@ from relay.store.interfaces.files import (
     PutOutcome,
     PutRequest,
 )
+from relay.store.quota import MessageQuota
 from relay.web.errors import HTTPError, bad_request
 
 log = Logger(namespace="relay.files")
