@@ -389,17 +389,22 @@ def idle_waiters(ctx: Context, addresses: int = 20, channels_per_address: int = 
     refused: Counter = Counter()
     for a in range(addresses):
         source = address(23, a)
-        for _ in range(channels_per_address):
-            status, sender = join(ctx.port, source)
-            if status != 200:
-                refused[status] += 1
-                continue
-            status, recipient = join(ctx.port, source, "recipient", sender["channel"])
-            if status != 200:
-                refused[status] += 1
-                continue
-            requests.append((source, _wait_request(sender["channel"], sender["uuid"])))
-            requests.append((source, _wait_request(sender["channel"], recipient["uuid"])))
+        http = Http(ctx.port, source)
+        try:
+            for _ in range(channels_per_address):
+                status, sender = join(ctx.port, source, http=http)
+                if status != 200:
+                    refused[status] += 1
+                    continue
+                status, recipient = join(ctx.port, source, "recipient", sender["channel"],
+                                         http=http)
+                if status != 200:
+                    refused[status] += 1
+                    continue
+                requests.append((source, _wait_request(sender["channel"], sender["uuid"])))
+                requests.append((source, _wait_request(sender["channel"], recipient["uuid"])))
+        finally:
+            http.close()
     crowd = Crowd()
     try:
         for source, request in requests:

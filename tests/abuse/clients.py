@@ -176,13 +176,18 @@ class Mailbox:
 
 
 def post_json(port: int, path: str, payload: dict[str, Any], source: str,
-              host: str = "relay.test", timeout: float = 10.0) -> tuple[int, Any]:
-    http = Http(port, source, timeout)
+              host: str = "relay.test", timeout: float = 10.0, http: Http | None = None
+              ) -> tuple[int, Any]:
+    """POST JSON on http (a keep-alive connection) or on a connection of its own."""
+    own = http is None
+    if http is None:
+        http = Http(port, source, timeout)
     try:
         status, _, body = http.post(path, json.dumps(payload).encode(), host,
                                     "application/json")
     finally:
-        http.close()
+        if own:
+            http.close()
     try:
         return status, json.loads(body)
     except ValueError:
@@ -190,11 +195,11 @@ def post_json(port: int, path: str, payload: dict[str, Any], source: str,
 
 
 def join(port: int, source: str, role: str = "sender", channel: str | None = None,
-         host: str = "relay.test") -> tuple[int, Any]:
+         host: str = "relay.test", http: Http | None = None) -> tuple[int, Any]:
     payload: dict[str, Any] = {"role": role}
     if channel:
         payload["channel"] = channel
-    return post_json(port, "join", payload, source, host)
+    return post_json(port, "join", payload, source, host, http=http)
 
 
 def staple(staple_port: int, source: str, channel: str, role: str, uuid: str
@@ -256,7 +261,7 @@ def bystander(port: int, source: str = BYSTANDER, rendezvous: bool = True) -> By
     started = time.monotonic()
     mailbox = None
     try:
-        mailbox = Mailbox(port, source, timeout=10.0).connect()
+        mailbox = Mailbox(port, source, timeout=5.0).connect()
         if rendezvous:
             status, answer = join(port, source)
             if status != 200:

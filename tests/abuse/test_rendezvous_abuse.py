@@ -25,7 +25,8 @@ def test_idle_waiters_cost_little(launch, store):
     # 2,000 long-polls (1,000 channels, both roles) on which nothing happens: the relay must
     # not poll the store for each (on Redis: 8,000 reads a second at 0.25 s).
     relay = launch("idle_waiters", store)
-    report = attacks.run(relay, attacks.idle_waiters, addresses=20, channels_per_address=50)
+    report = attacks.run(relay, attacks.idle_waiters, addresses=20, channels_per_address=50,
+                         seconds=3.0)
     assert report.facts["waiters"] == 2000, report
     assert report.facts["held"] == 2000, report
     assert report.facts["cpu_share"] < 0.10, report

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.abuse import attacks
-from tests.abuse.relays import redis, relay_args
+from tests.abuse.relays import redis
 from tests.abuse.settings import BYSTANDER_SECONDS, REDIS_MAXMEMORY
 from tests.relay_process import free_port, twistd_command
 
@@ -56,8 +56,11 @@ def test_full_redis_refuses_with_507_and_recovers(launch):
 def test_evicting_redis_is_refused_at_start(tmp_path):
     # With allkeys-lru, Redis would silently drop sessions, nonces and messages.
     with redis(maxmemory=REDIS_MAXMEMORY, policy="allkeys-lru") as server:
-        args, _, _ = relay_args(tmp_path, "base", server.url)
-        command = twistd_command() + ["-n", "--pidfile=", "relay", *args, "--port",
+        # No abuse settings needed: only the store.
+        config = tmp_path / "relay.toml"
+        config.write_text(f'[store]\nurl = "{server.url}"\n')
+        command = twistd_command() + ["-n", "--pidfile=", "relay", "--config", str(config),
+                                      "--files-dir", str(tmp_path / "files"), "--port",
                                       f"tcp:{free_port()}:interface=127.0.0.1", "--staple",
                                       f"tcp:{free_port()}:interface=127.0.0.1"]
         process = subprocess.Popen(command, cwd=tmp_path, stdin=subprocess.DEVNULL,
