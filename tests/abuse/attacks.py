@@ -204,6 +204,8 @@ def pipelined_entropy(ctx: Context, count: int = 1000, size: int = 512000,
                       seconds: float = 4.0) -> dict[str, Any]:
     """One connection sends count pipelined getEntropy commands and never reads."""
     mailbox = Mailbox(ctx.port).connect()
+    # One answer read in full first: its own cost (buffers the heap keeps) is not the attack's.
+    warm_up, _ = mailbox.command({"cmd": "getEntropy", "size": size})
     requests = b"".join(http_request("command", mailbox.command_body(
         {"cmd": "getEntropy", "size": size})) for _ in range(count))
     sock = _unread_socket(ctx.port)
@@ -213,7 +215,8 @@ def pipelined_entropy(ctx: Context, count: int = 1000, size: int = 512000,
         ctx.hold(seconds / 4)
         ctx.bystander("during")
         ctx.hold(seconds / 4)
-        return {"requests": count, "sent_bytes": sent, "request_bytes": len(requests)}
+        return {"requests": count, "sent_bytes": sent, "request_bytes": len(requests),
+                "warm_up": warm_up}
     finally:
         sock.close()
         mailbox.close()
@@ -225,6 +228,8 @@ def pipelined_downloads(ctx: Context, messages: int = 80, message_size: int = 15
     owner = Mailbox(ctx.port).connect()
     try:
         stored = Counter(owner.upload(owner.hpk, message_size) for _ in range(messages))
+        # One download read in full first: its own cost is not the attack's.
+        warm_up, answer = owner.command({"cmd": "download"})
         requests = b"".join(http_request("command", owner.command_body({"cmd": "download"}))
                             for _ in range(count))
         sock = _unread_socket(ctx.port)
@@ -237,7 +242,8 @@ def pipelined_downloads(ctx: Context, messages: int = 80, message_size: int = 15
         finally:
             sock.close()
         return {"uploads": dict(stored), "mailbox_bytes": stored[200] * message_size,
-                "requests": count, "sent_bytes": sent}
+                "answer_bytes": len(answer), "warm_up": warm_up, "requests": count,
+                "sent_bytes": sent}
     finally:
         owner.close()
 
@@ -301,8 +307,8 @@ def slow_bodies(ctx: Context, count: int = 300, announced: int = 1 * MIB,
 
 
 # What the relay logs when it refuses connections at a limit (fds or max_connections).
-LIMIT_LOG = re.compile(r"EMFILE|Too many open files|connection limit|max_connections|"
-                       r"refusing connections|too many connections", re.IGNORECASE)
+LIMIT_LOG = re.compile(r"EMFILE|Too many open files|refusing \w+ connections|"
+                       r"refused \d+ \w+ connections", re.IGNORECASE)
 
 
 def connection_flood(ctx: Context, count: int = 1200, addresses: int = 40,
@@ -612,7 +618,13 @@ def fill_redis(ctx: Context, addresses: int = 16, recipients: int = 4,
             if status != 200:
                 break
             status, body = owner.command({"cmd": "download", "count": 10})
+        # The relay may learn Redis's memory use by polling it: give it a few seconds.
         again = senders[0].upload(owners[1].hpk, size)
+        for _ in range(12):
+            if again == 200:
+                break
+            pause(0.25)
+            again = senders[0].upload(owners[1].hpk, size)
         return {"uploads": dict(statuses), "download": download, "deletes": dict(deletes),
                 "upload_after_delete": again}
     finally:

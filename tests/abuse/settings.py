@@ -1,7 +1,8 @@
 """Every relay setting the abuse suite relies on, in ONE place (tests and bench/abuse.py).
 
 The settings marked "provisional" are being added by the hardening branches of issues 8 and
-9; their final names may differ. When a branch lands under another name, rename the key
+9 (named here as those branches name them at the time of writing); their final names may
+differ. When a branch lands under another name, rename the key
 here and nowhere else. The relay refuses unknown settings at start: the suite then fails
 with a one-line message naming the setting (see tests/abuse/relays.py), or, with
 RELAY_ABUSE_LENIENT=1, drops the settings this relay does not know and runs anyway (to try
@@ -42,8 +43,12 @@ BASE: dict[str, dict[str, Any]] = {
         "joins_per_ip_per_minute": 1000,    # existing: high, so the caps are what is tested
     },
     "mailbox": {
-        "max_mailbox_bytes": 8 * MIB,       # provisional: bytes one mailbox holds
-        "max_sender_bytes": 4 * MIB,        # provisional: bytes one sender holds relay-wide
+        "mailbox_max_bytes": 8 * MIB,       # provisional: bytes one mailbox holds
+        "sender_max_bytes": 4 * MIB,        # provisional: bytes one identity holds in all
+        "client_max_bytes": 8 * MIB,        # provisional: bytes one client key holds in all
+        # provisional: upload bytes per client key per window (429); high, so the quotas
+        # are what the storage attacks meet.
+        "client_upload_bytes": 256 * MIB,
     },
     "store": {
         "memory_max_bytes": 32 * MIB,       # existing: the memory store's whole budget
@@ -54,8 +59,11 @@ BASE: dict[str, dict[str, Any]] = {
 # Overrides per attack (merged over BASE).
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "base": {},
-    # 20 pipelined downloads of a full mailbox: room for ~12 MiB in one mailbox.
-    "pipelining": {"mailbox": {"max_mailbox_bytes": 32 * MIB, "max_sender_bytes": 32 * MIB},
+    # 20 pipelined downloads of a full mailbox: room for ~12 MiB in one mailbox; pages of
+    # 20 messages (~5.5 MB answers), so that one answer's own cost stays well under the
+    # bound while 20 buffered answers are far over it.
+    "pipelining": {"mailbox": {"mailbox_max_bytes": 32 * MIB, "sender_max_bytes": 32 * MIB,
+                               "client_max_bytes": 32 * MIB, "download_page": 20},
                    "store": {"memory_max_bytes": 64 * MIB}},
     # Many connections: the connection caps, not the per-client ones, are under test.
     "flood": {"http": {"max_connections": 900, "max_connections_per_client": 64}},
@@ -76,9 +84,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "probes": {"rendezvous": {"joins_per_ip_per_minute": 30}},
     # Storage fairness: a small store, small per-sender share.
     "storage": {"store": {"memory_max_bytes": 32 * MIB},
-                "mailbox": {"max_mailbox_bytes": 4 * MIB, "max_sender_bytes": 4 * MIB}},
+                "mailbox": {"mailbox_max_bytes": 4 * MIB, "sender_max_bytes": 4 * MIB,
+                            "client_max_bytes": 8 * MIB}},
     # Filling Redis itself (maxmemory): quotas high enough that Redis fills first.
-    "redis_full": {"mailbox": {"max_mailbox_bytes": 64 * MIB, "max_sender_bytes": 64 * MIB}},
+    "redis_full": {"mailbox": {"mailbox_max_bytes": 64 * MIB, "sender_max_bytes": 64 * MIB,
+                               "client_max_bytes": 64 * MIB}},
     # File reservations: a relay total of 8 GiB (the default is 32 GiB; same attack, fewer
     # requests) and 1 GiB files.
     "reservations": {"files": {"total_max_bytes": 8 * GIB, "max_file_size": GIB}},
