@@ -36,7 +36,8 @@ class Scenario:
     def __init__(self, name: str, profile: str, attack: Callable[..., dict[str, Any]],
                  full: dict[str, Any], quick: dict[str, Any] | None = None,
                  stores: tuple[str, ...] = BOTH, redis_maxmemory: bool = False,
-                 rendezvous: bool = True, fact: str = "") -> None:
+                 rendezvous: bool = True, fact: str = "", fd_limit: int | None = None
+                 ) -> None:
         self.name = name
         self.profile = profile
         self.attack = attack
@@ -46,6 +47,7 @@ class Scenario:
         self.redis_maxmemory = redis_maxmemory
         self.rendezvous = rendezvous
         self.fact = fact  # the fact worth a column of its own
+        self.fd_limit = fd_limit
 
 
 SCENARIOS = [
@@ -58,7 +60,7 @@ SCENARIOS = [
     Scenario("slow bodies", "base", attacks.slow_bodies, {"count": 300, "seconds": 11.0},
              {"count": 100, "seconds": 8.0}, stores=("memory",), fact="open_at_end"),
     Scenario("fd flood (limit 1024)", "flood", attacks.connection_flood, {"count": 1200},
-             stores=("memory",), fact="limit_log_lines"),
+             stores=("memory",), fact="limit_log_lines", fd_limit=1024),
     Scenario("connections per client", "per_client_connections",
              attacks.per_client_connections, {"count": 300}, stores=("memory",),
              fact="held"),
@@ -92,11 +94,12 @@ def run_scenario(scenario: Scenario, store: str, quick: bool) -> attacks.Report:
         server_context = (redis(maxmemory=REDIS_MAXMEMORY, policy="noeviction")
                           if store == "redis" and scenario.redis_maxmemory else None)
         if server_context is None:
-            with target(workdir, scenario.profile, store) as relay:
+            with target(workdir, scenario.profile, store, fd_limit=scenario.fd_limit) as relay:
                 return attacks.run(relay, scenario.attack, rendezvous=scenario.rendezvous,
                                    **(scenario.quick if quick else scenario.full))
         with server_context as server, target(workdir, scenario.profile, store,
-                                              redis_server=server) as relay:
+                                              redis_server=server,
+                                              fd_limit=scenario.fd_limit) as relay:
             return attacks.run(relay, scenario.attack, rendezvous=scenario.rendezvous,
                                **(scenario.quick if quick else scenario.full))
     finally:

@@ -36,12 +36,14 @@ def store(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launch]:
-    """launch(profile, store, redis_server=None, extra=None): a started relay."""
+    """launch(profile, store, redis_server=None, extra=None, fd_limit=None): a started
+    relay."""
     with contextlib.ExitStack() as stack:
         count = 0
 
         def start(profile: str, store: str, redis_server: RedisServer | None = None,
-                  extra: dict[str, dict[str, Any]] | None = None) -> Target:
+                  extra: dict[str, dict[str, Any]] | None = None,
+                  fd_limit: int | None = None) -> Target:
             nonlocal count
             count += 1
             workdir = tmp_path / f"relay{count}"
@@ -49,7 +51,8 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
             unknown = None
             try:
                 started = stack.enter_context(target(workdir, profile, store,
-                                                     redis_server=redis_server, extra=extra))
+                                                     redis_server=redis_server, extra=extra,
+                                                     fd_limit=fd_limit))
             except SettingUnknown as e:
                 unknown = str(e)
             if unknown:

@@ -69,10 +69,6 @@ class Target:
     def log(self) -> str:
         return self.process.log()
 
-    def limit_fds(self, limit: int) -> None:
-        """Lower the running relay's RLIMIT_NOFILE (soft and hard) to limit."""
-        resource.prlimit(self.pid, resource.RLIMIT_NOFILE, (limit, limit))
-
     def alive(self) -> bool:
         return self.process.process is not None and self.process.process.poll() is None
 
@@ -93,9 +89,26 @@ def relay_args(workdir: Path, profile: str, store_url: str,
     return ["--config", str(path)], config, dropped
 
 
+@contextlib.contextmanager
+def _children_fd_limit(limit: int | None) -> Iterator[None]:
+    """Processes started within inherit a soft RLIMIT_NOFILE of limit (this one's is put
+    back on the way out), so the relay starts with, and sizes its guards to, that limit."""
+    if limit is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def start_relay(workdir: Path, profile: str, store_url: str,
-                extra: dict[str, dict[str, Any]] | None = None) -> tuple[RelayProcess, dict, list]:
-    """A started relay (HTTP and staple listeners on free loopback ports, backlog 4096)."""
+                extra: dict[str, dict[str, Any]] | None = None, fd_limit: int | None = None
+                ) -> tuple[RelayProcess, dict, list]:
+    """A started relay (HTTP and staple listeners on free loopback ports, backlog 4096),
+    with a soft RLIMIT_NOFILE of fd_limit if given."""
     args, config, dropped = relay_args(workdir, profile, store_url, extra)
     for _ in range(5):
         process = RelayProcess(workdir, [], staple=True)
@@ -107,7 +120,8 @@ def start_relay(workdir: Path, profile: str, store_url: str,
             "--port", f"tcp:{process.port}:interface=127.0.0.1:backlog=4096",
             "--staple", f"tcp:{process.staple_port}:interface=127.0.0.1:backlog=4096"]
         try:
-            process.start()
+            with _children_fd_limit(fd_limit):
+                process.start()
             return process, config, dropped
         except RuntimeError:
             log = process.log()
@@ -135,7 +149,8 @@ def redis(maxmemory: str | None = None, policy: str | None = None) -> Iterator[R
 
 @contextlib.contextmanager
 def target(workdir: Path, profile: str, store: str, *, redis_server: RedisServer | None = None,
-           extra: dict[str, dict[str, Any]] | None = None) -> Iterator[Target]:
+           extra: dict[str, dict[str, Any]] | None = None, fd_limit: int | None = None
+           ) -> Iterator[Target]:
     """A relay for the profile on the store ("memory" or "redis"); with store "redis" and no
     server given, a fresh redis-server of its own. Everything is stopped on the way out."""
     with contextlib.ExitStack() as stack:
@@ -143,6 +158,6 @@ def target(workdir: Path, profile: str, store: str, *, redis_server: RedisServer
         if store == "redis" and server is None:
             server = stack.enter_context(redis())
         url = "memory" if store == "memory" else server.url  # type: ignore[union-attr]
-        process, config, dropped = start_relay(workdir, profile, url, extra)
+        process, config, dropped = start_relay(workdir, profile, url, extra, fd_limit)
         stack.callback(process.kill, signal.SIGKILL)
         yield Target(process, store, profile, config, dropped, server)

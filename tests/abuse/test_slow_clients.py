@@ -42,9 +42,8 @@ def test_connection_flood_at_the_fd_limit(launch):
     # RLIMIT_NOFILE 1024 and 1,200 idle connections from 40 addresses: the relay refuses new
     # connections near its limit without spinning or logging each one, and a connection it
     # already holds keeps working.
-    relay = launch("flood", "memory")
-    report = attacks.run(relay, attacks.connection_flood, count=1200, addresses=40,
-                         fd_limit=1024)
+    relay = launch("flood", "memory", fd_limit=1024)
+    report = attacks.run(relay, attacks.connection_flood, count=1200, addresses=40)
     facts = report.facts
     assert relay.alive()
     assert facts["keeper"] == "200" and facts["keeper_seconds"] < BYSTANDER_SECONDS, report
