@@ -350,9 +350,15 @@ def connection_flood(ctx: Context, count: int = 1200, addresses: int = 40,
 def per_client_connections(ctx: Context, count: int = 300, seconds: float = 1.5
                            ) -> dict[str, Any]:
     """count idle connections from one address; how many the relay keeps."""
+    return _crowd_held(ctx, count, b"", seconds)
+
+
+def _crowd_held(ctx: Context, count: int, first: bytes, seconds: float) -> dict[str, Any]:
+    """count connections from the attacker's address, each sending `first`: after
+    `seconds`, how many the relay holds (neither answered nor closed)."""
     crowd = Crowd()
     try:
-        opened = crowd.open(ctx.port, [ATTACKER], count, timeout=1.0)
+        opened = crowd.open(ctx.port, [ATTACKER], count, first, timeout=1.0)
         ctx.hold(seconds)
         ctx.bystander("during")
         statuses = crowd.statuses()
@@ -374,16 +380,7 @@ def long_poll_flood(ctx: Context, count: int = 5000, settle: float = 2.0) -> dic
     """count /channel waits from one address on one channel: how many the relay holds."""
     status, sender = join(ctx.port, ATTACKER)
     assert status == 200, (status, sender)
-    crowd = Crowd()
-    try:
-        opened = crowd.open(ctx.port, [ATTACKER], count,
-                            _wait_request(sender["channel"], sender["uuid"]))
-        ctx.hold(settle)
-        ctx.bystander("during")
-        statuses = crowd.statuses()
-        return {"opened": opened, "held": statuses["pending"], "statuses": dict(statuses)}
-    finally:
-        crowd.close()
+    return _crowd_held(ctx, count, _wait_request(sender["channel"], sender["uuid"]), settle)
 
 
 def _settle(ctx: Context, connections: int, most: float = 10.0) -> None:
