@@ -33,20 +33,23 @@ log = Logger(namespace="relay.rendezvous")
 
 # How often waiters re-read a shared store while its change feed is down (reconnecting).
 FALLBACK_POLL = 1.5
+# A deletion's notice carries no version: newer than any.
+DELETED = 2**63
 
 
 class _Watch:
     """The waits of one channel on this node."""
 
-    __slots__ = ("name", "waiters", "interest", "notices", "loading", "again")
+    __slots__ = ("name", "waiters", "interest", "newest", "loading", "again")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.waiters: dict[str, _Waiter] = {}
         # Requests that may add a waiter once their own read of the channel returns.
         self.interest = 0
-        # Change notices from the feed so far (a request compares before and after its read).
-        self.notices = 0
+        # The newest version the feed announced while this watch existed (DELETED for a
+        # deletion): a request whose read returned an older one reads again.
+        self.newest = 0
         self.loading = False
         self.again = False
 
@@ -54,11 +57,10 @@ class _Watch:
 class Interest:
     """A request's claim on a watch, taken before it reads the channel."""
 
-    __slots__ = ("watch", "notices")
+    __slots__ = ("watch",)
 
     def __init__(self, watch: _Watch) -> None:
         self.watch = watch
-        self.notices = watch.notices
 
 
 class _Waiter:
@@ -130,7 +132,7 @@ class Waits:
         watch = self.watches.get(name)
         if watch is None:
             return
-        watch.notices += 1
+        watch.newest = max(watch.newest, DELETED if version is None else version)
         if not watch.waiters:
             return
         if version is not None and all(w.channel.version >= version
@@ -176,7 +178,7 @@ class Waits:
         watch.waiters[role] = waiter
         self.total += 1
         self.by_client[client] = self.by_client.get(client, 0) + 1
-        if watch.notices != interest.notices:
+        if watch.newest > channel.version:
             self._refresh(watch)  # a change was announced while this request read it
         self._ensure_poll()
         return waiter.deferred
