@@ -23,6 +23,7 @@ A, B, C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 V6A, V6B = "2001:db8:1:2::a", "2001:db8:1:2:ffff::b"
 X = b"x" * 33
 SENDER = JoinRequest("sender", None, "ed25519")
+NO_WRITE = Write()
 
 
 def make_registry(**settings) -> tuple[ChannelRegistry, Clock, MemoryChannelStore]:
@@ -34,7 +35,7 @@ def make_registry(**settings) -> tuple[ChannelRegistry, Clock, MemoryChannelStor
     return registry, clock, store
 
 
-def request(channel, uuid, write=Write(), wait=0.0, since=None) -> ChannelRequest:
+def request(channel, uuid, write=NO_WRITE, wait=0.0, since=None) -> ChannelRequest:
     return ChannelRequest(channel=channel.name, uuid=uuid, write=write, wait=wait, since=since)
 
 
