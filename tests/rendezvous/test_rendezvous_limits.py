@@ -15,6 +15,7 @@ from relay.rendezvous import channel as sm
 from relay.rendezvous.channel import ChannelError, Write
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.requests import ChannelRequest, JoinRequest
+from relay.rendezvous.waits import FALLBACK_POLL
 from relay.store.errors import StoreFull
 from relay.store.memory.channels import MemoryChannelStore
 
@@ -248,3 +249,127 @@ def test_renew_lease_only_extends_open_stapled_channels():
     closed = sm.apply_write(stapled, "sender", Write(close=True), 20)
     assert sm.renew_lease(closed, 20, 600) is None
     assert sm.renew_lease(stapled, 611, 600) is None  # expired
+
+
+# -- a shared store on a Clock: notices, races and the fallback poll ----------------------
+class SharedMemoryStore(MemoryChannelStore):
+    """The memory store posing as shared, with a feed the test drives by hand; `hold` makes
+    the next load wait until released (a read in flight while another node writes)."""
+
+    shared = True
+
+    def __init__(self, seconds) -> None:
+        super().__init__(seconds)
+        self.feed = HandFeed()
+        self.loads = 0
+        self.hold: Deferred | None = None
+
+    def change_feed(self, on_change, on_live):
+        self.feed.on_change, self.feed.on_live = on_change, on_live
+        return self.feed
+
+    async def load(self, name):
+        self.loads += 1
+        found = await super().load(name)
+        if self.hold is not None:
+            held, self.hold = self.hold, None
+            await held
+        return found
+
+
+class HandFeed:
+    live = False
+
+    def start(self) -> None:
+        self.set_live(True)
+
+    def stop(self) -> None:
+        self.live = False
+
+    def set_live(self, live: bool) -> None:
+        self.live = live
+        self.on_live(live)
+
+
+def shared_registry(**settings):
+    clock = Clock()
+    clock.advance(1000)
+    store = SharedMemoryStore(clock.seconds)
+    registry = ChannelRegistry(RendezvousConfig(**settings), store, clock, node_id="n")
+    registry.start()
+    return registry, clock, store
+
+
+async def other_node_writes(registry, store, ch, uuid, address, write) -> int:
+    """Change the channel behind the registry's back (as another node would) and return
+    the new version, without announcing it."""
+    record, version = await MemoryChannelStore.load(store, ch.name)
+    current = sm.Channel.from_record(record, version)
+    role = sm.authenticate(current, uuid, address, registry.clock.seconds())
+    new = sm.apply_write(current, role, write, registry.clock.seconds())
+    assert await store.replace(ch.name, version, new.to_record(), new.ttl(1000))
+    return version + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_notice_wakes_with_one_read_and_own_changes_need_none():
+    registry, clock, store = shared_registry()
+    ch, s, r = await pair(registry)
+    waiters = [wait(registry, ch, r, B), wait(registry, ch, s, A)]
+    loads = store.loads
+    version = await other_node_writes(registry, store, ch, s, A, Write(x=X))
+    store.feed.on_change(ch.name, version)
+    results = [await d for d in waiters]
+    assert [c.x for c in results] == [X, X]
+    assert store.loads == loads + 1  # one read for both waiters
+    # a notice of a version the waiters already have reads nothing
+    d = wait(registry, ch, r, B)
+    loads = store.loads
+    store.feed.on_change(ch.name, version)
+    assert store.loads == loads and not d.called
+    clock.advance(30)
+    await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_during_the_requests_own_read_is_not_missed():
+    registry, clock, store = shared_registry()
+    ch, s, r = await pair(registry)
+    hold = store.hold = Deferred()
+    d = wait(registry, ch, r, B)  # its read is in flight...
+    assert store.hold is None and not d.called
+    version = await other_node_writes(registry, store, ch, s, A, Write(x=X))
+    store.feed.on_change(ch.name, version)  # ...when the notice comes
+    loads = store.loads
+    hold.callback(None)  # the read returns the state from before the change
+    assert store.loads == loads + 1  # so the new waiter reads again at once
+    assert (await d).x == X
+
+
+@pytest_twisted.ensureDeferred
+async def test_feed_down_polls_slowly_and_a_wait_still_times_out():
+    registry, clock, store = shared_registry()
+    ch, s, r = await pair(registry)
+    store.feed.set_live(False)
+    d = wait(registry, ch, r, B, seconds=10)
+    await other_node_writes(registry, store, ch, s, A, Write(x=X))
+    loads = store.loads
+    clock.advance(FALLBACK_POLL - 0.01)
+    assert not d.called and store.loads == loads
+    clock.advance(0.02)
+    assert (await d).x == X and store.loads == loads + 1
+    # idle waiters with the feed down: one read per channel per FALLBACK_POLL, no more
+    d = wait(registry, ch, r, B, seconds=10)
+    d2 = wait(registry, ch, s, A, seconds=10)
+    loads = store.loads
+    for _ in range(3):
+        clock.advance(FALLBACK_POLL)
+    assert store.loads == loads + 3
+    # the feed comes back: every watched channel is read once, then polling stops
+    store.feed.set_live(True)
+    assert store.loads == loads + 4
+    for _ in range(8):
+        clock.advance(1)
+    assert store.loads == loads + 4
+    assert (await d).version == (await d2).version
+    assert registry.waiting() == 0 and not clock.getDelayedCalls()
