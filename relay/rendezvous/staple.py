@@ -216,12 +216,16 @@ class StapleListener(Factory):
                 peer.refuse("too many stapled pairs from this network")
             await self.registry.close(name)
             return
+        # Counted from now on, so pairs stapling at the same moment cannot pass the cap.
+        self._count(keys, +1)
         try:
             await self.registry.mark_stapled(name, PAIR_LEASE)
         except Exception:
+            self._count(keys, -1)
             partner.refuse("the channel could not be stapled")
             raise
         if conn.gone or partner.gone:
+            self._count(keys, -1)
             for peer in (conn, partner):
                 peer.refuse("the partner went away")
             await self.registry.close(name)
@@ -232,12 +236,19 @@ class StapleListener(Factory):
         pair = link(conn, partner, self.clock, self.config.data_path, self,
                     track=self.config.idle_timeout > 0)
         if isinstance(pair, SplicePair) and pair.closed:
+            self._count(keys, -1)
             return  # failed at once (out of descriptors); splice_ended has run
         pair.keys = keys
         self.pairs.add(pair)
-        for key in keys:
-            self.pairs_by_client[key] = self.pairs_by_client.get(key, 0) + 1
         self._schedule_sweep()
+
+    def _count(self, keys: tuple[str, ...], change: int) -> None:
+        for key in keys:
+            count = self.pairs_by_client.get(key, 0) + change
+            if count:
+                self.pairs_by_client[key] = count
+            else:
+                del self.pairs_by_client[key]
 
     def leave(self, conn: StapleProtocol) -> None:
         name = conn.channel_name
@@ -254,12 +265,7 @@ class StapleListener(Factory):
         if pair not in self.pairs:
             return
         self.pairs.discard(pair)
-        for key in pair.keys:
-            left = self.pairs_by_client[key] - 1
-            if left:
-                self.pairs_by_client[key] = left
-            else:
-                del self.pairs_by_client[key]
+        self._count(pair.keys, -1)
         log.info("a stapled pair ended after {seconds:.1f}s",
                  seconds=self.clock.seconds() - pair.started)
         self._close_channel(pair.name)
