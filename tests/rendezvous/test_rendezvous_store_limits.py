@@ -133,3 +133,44 @@ async def _stop(feed) -> None:
     result = feed.stop()
     if result is not None:
         await result
+
+
+# -- the memory store: one expiry row per channel, however often it is renewed -------------
+@settings(max_examples=40)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["renew", "close", "tick"]),
+                          st.floats(1, 50)), max_size=60))
+def test_memory_renewals_keep_one_row_and_expire_right(steps):
+    from twisted.internet.task import Clock
+
+    from relay.store.memory.channels import MemoryChannelStore
+
+    clock = Clock()
+    clock.advance(1000)
+    store = MemoryChannelStore(clock.seconds)
+    deadlines: dict[str, float] = {}
+    versions: dict[str, int] = {}
+    for i in range(6):
+        name = f"gggg000{i}"
+        Deferred.fromCoroutine(store.create(name, b"r", 30, 100, "c", 0))
+        deadlines[name], versions[name] = clock.seconds() + 30, 1
+    for index, action, seconds in steps:
+        name = f"gggg000{index}"
+        alive = deadlines.get(name, 0) > clock.seconds()
+        if action == "tick":
+            clock.advance(seconds)
+            store.sweep()
+        elif alive:
+            left = deadlines[name] - clock.seconds()
+            ttl = left + seconds if action == "renew" else min(seconds, 1.0, left / 2)
+            done = Deferred.fromCoroutine(store.replace(name, versions[name], b"r", ttl, "c"))
+            assert done.result is True
+            versions[name] += 1
+            deadlines[name] = clock.seconds() + ttl
+        for other, deadline in deadlines.items():
+            found = Deferred.fromCoroutine(store.load(other)).result
+            assert (found is not None) == (deadline > clock.seconds()), other
+        # pushed-back deadlines never add rows: at most one per channel plus closes
+        assert len(store.channels._deadlines) <= 6 + sum(a == "close" for _, a, _ in steps)
+    clock.advance(100)
+    store.sweep()
+    assert len(store.channels) == 0
