@@ -116,6 +116,8 @@ class Waits:
         return bool(self.registry.store.shared and (self.feed is None or not self.feed.live))
 
     def feed_live(self, live: bool) -> None:
+        if self.feed is None:
+            return  # stopped (shutting down)
         if live:
             log.info("the channel change feed is live")
             # Notices sent while the feed was down are lost: look at every watched channel.

@@ -148,3 +148,36 @@ async def test_feed_down_falls_back_to_a_slow_poll_and_comes_back(redis_server):
     finally:
         await a.stop()
         await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_thousand_idle_waiters_cost_almost_no_cpu(redis_server):
+    import resource
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    a, b = await two_nodes(redis_server, max_waits_per_client=10**4, max_waits=10**4,
+                           max_channels_per_client=10**4)
+    try:
+        pairs = [await channel_pair(a, a) for _ in range(1000)]
+        waiting = [wait(a, ch, s, A) for ch, s, _ in pairs]
+        waiting += [wait(a, ch, r, B) for ch, _, r in pairs]
+        await eventually(lambda: a.registry.waiting() == 2000)
+        started, used = time.monotonic(), cpu()
+        await sleep(3.0)
+        share = (cpu() - used) / (time.monotonic() - started)
+        print(f"2,000 idle waiters: {100 * share:.1f}% of a core")
+        assert share < 0.10 and a.registry.waits.loads == 0
+        # a change through the other node wakes exactly its channel's two waiters
+        ch, s, _ = pairs[0]
+        await b.registry.act(ChannelRequest(ch.name, s, Write(x=X), 0, None), A)
+        await eventually(lambda: a.registry.waiting() == 1998)
+        assert a.registry.waits.loads == 1
+        for d in waiting:
+            d.cancel()
+            d.addErrback(lambda f: None)
+    finally:
+        await a.stop()
+        await b.stop()

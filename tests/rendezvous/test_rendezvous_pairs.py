@@ -215,3 +215,23 @@ def test_sweep_closes_exactly_the_idle_and_the_old(ages, idle_timeout, lifetime)
         if limit:
             assert interval <= limit / 4
     listener.drop_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_name_probes_over_http_run_out():
+    node = await start_node(reactor, node_config(joins_per_ip_per_minute=4))
+    try:
+        sender, _ = await joined(node)
+        prober = Caller(reactor, node.url, C)
+        codes = []
+        for name in ("abcd0001", "abcd0002", sender["channel"], "abcd0003", "abcd0004"):
+            code, body, headers = await prober.post("/channel", {
+                "channel": name, "uuid": sender["uuid"]})
+            codes.append(code)
+        assert codes == [404, 404, 403, 404, 429]
+        # the sender's own requests are not probes
+        code, _, _ = await Caller(reactor, node.url, A).post(
+            "/channel", {"channel": sender["channel"], "uuid": sender["uuid"]})
+        assert code == 200
+    finally:
+        await node.stop()
