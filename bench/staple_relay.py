@@ -5,7 +5,8 @@
         --staple tcp:4101:interface=127.0.0.1:backlog=1024
 
 Same code as `twistd relay` (relay.rendezvous.service.make_rendezvous on the memory store),
-with the per-IP join limit and the channel cap raised: every benchmark client is on 127.0.0.1.
+with the per-client limits and the channel cap raised: every benchmark client is on
+127.0.0.1.
 The open-file soft limit is raised to the hard limit: a stapled pair holds two sockets.
 """
 
@@ -29,6 +30,8 @@ from relay.web.root import RelayRoot
 async def serve(reactor: Any, args: argparse.Namespace) -> None:
     config = RelayConfig(rendezvous=RendezvousConfig(
         staple_endpoint=args.staple, joins_per_ip_per_minute=10**9, max_channels=50000,
+        max_channels_per_client=50000, max_pairs_per_client=50000,
+        max_waits_per_client=50000, max_waits=50000,
         channel_ttl=3600.0, data_path=args.data_path))
     store = open_store(config, reactor)
     store.service.startService()

@@ -237,13 +237,27 @@ class RendezvousConfig:
     staple_address: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
     channel_ttl: float = attrs.field(default=5 * MINUTE, validator=_positive)
     max_wait: float = attrs.field(default=30.0, validator=_positive)
+    # Long-polls outstanding at once (each holds an HTTP connection and a little memory):
+    # per client (429 beyond; one wait per role per channel anyway) and on this node (503).
+    max_waits_per_client: int = attrs.field(default=32, validator=_positive_int)
+    max_waits: int = attrs.field(default=4096, validator=_positive_int)
     ident_timeout: float = attrs.field(default=10.0, validator=_positive)
-    # 0 disables the idle timeout on stapled pairs.
-    idle_timeout: float = attrs.field(default=0.0, validator=_non_negative)
+    # A stapled pair that moves no byte either way for this long is closed (0: never). Honest
+    # clients send a keepalive every 30 s and give up themselves after 120 s of silence.
+    idle_timeout: float = attrs.field(default=10 * MINUTE, validator=_non_negative)
+    # The longest a stapled pair may live, however busy (0: no limit).
+    max_pair_lifetime: float = attrs.field(default=0.0, validator=_non_negative)
+    # Live stapled pairs per client on this node (a stuck pair can pin ~8 MiB of buffers).
+    max_pairs_per_client: int = attrs.field(default=16, validator=_positive_int)
+    # Open channels at once (stapled pairs included: they keep their channel open), and the
+    # share one client may hold (1% by default, so one network cannot fill the relay).
     max_channels: int = attrs.field(default=10000, validator=_positive_int)
+    max_channels_per_client: int = attrs.field(default=100, validator=_positive_int)
+    # Per client: joins, and /channel requests for channels it has not joined (name probes),
+    # per minute (429 beyond).
     joins_per_ip_per_minute: int = attrs.field(default=60, validator=_positive_int)
     # Stapled pairs: "splice" moves bytes socket->pipe->socket in the kernel (Linux; falls
-    # back to "copy" elsewhere and when idle_timeout is set), "copy" through Twisted.
+    # back to "copy" elsewhere), "copy" through Twisted.
     data_path: str = attrs.field(default="splice", validator=_data_path)
 
 

@@ -231,13 +231,28 @@ def staple_check(channel: Channel | None, role: str, uuid: bytes, address: str,
     return channel
 
 
-def mark_stapled(channel: Channel | None, now: float) -> Channel:
+def mark_stapled(channel: Channel | None, now: float, lease: float | None = None) -> Channel:
     """Stapled. The PAKE slots are dropped: both peers have read them before connecting (a
     peer staples only after its key confirmation), and a stapled pair may last hours, so its
-    record keeps only what `stapled`, `closed` and authentication need."""
+    record keeps only what `stapled`, `closed` and authentication need.
+
+    With a lease, the channel now lives `lease` seconds from now (instead of its creation
+    TTL): the node holding the pair renews it while the pair lives (`renew_lease`), so a live
+    pair keeps counting as an open channel, and a crashed node's channels still expire."""
     channel = live(channel, now)
     if channel.closed:
         raise ChannelError(404, "channel is closed")
     if channel.stapled:
         raise ChannelError(409, "channel is already stapled")
-    return attrs.evolve(channel, stapled=True, x=None, y=None, hh_k=None, h_k=None)
+    expires_at = channel.expires_at if lease is None else now + lease
+    return attrs.evolve(channel, stapled=True, x=None, y=None, hh_k=None, h_k=None,
+                        expires_at=expires_at)
+
+
+def renew_lease(channel: Channel | None, now: float, lease: float) -> Channel | None:
+    """A stapled, open channel living `lease` more seconds; None (no change) otherwise."""
+    if channel is None or channel.expired(now) or channel.closed or not channel.stapled:
+        return None
+    if channel.expires_at >= now + lease:
+        return None
+    return attrs.evolve(channel, expires_at=now + lease)

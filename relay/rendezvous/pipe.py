@@ -4,7 +4,8 @@ Each connection's received data goes straight to the other's transport: `dataRec
 replaced on the instance by the partner transport's `write`, so no frame of ours runs per
 chunk. Each transport is the other's streaming producer, so when one side's user-space write
 buffer passes READ_SIZE the other side stops being read (a slow reader slows the writer);
-what the relay holds per direction is bounded by about two reads.
+what the relay holds per direction is bounded by about two reads. With an idle timeout,
+the data path is a small closure per direction that notes the time before writing.
 """
 
 from __future__ import annotations
@@ -22,20 +23,23 @@ if TYPE_CHECKING:
 READ_SIZE = 256 * 1024
 
 
-def link(a: StapleProtocol, b: StapleProtocol, idle_timeout: float,
-         clock: IReactorTime, data_path: str = "copy",
-         owner: splice.SpliceOwner | None = None) -> splice.SplicePair | None:
-    """Start moving bytes between a and b. On the splice path the sockets leave a and b
-    (and their transports) for a SplicePair, which is returned; on the copy path a and b
-    stay the pair (None is returned)."""
-    if (data_path == "splice" and splice.AVAILABLE and idle_timeout <= 0
-            and owner is not None and a.channel_name is not None):
+def link(a: StapleProtocol, b: StapleProtocol, clock: IReactorTime,
+         data_path: str, owner: splice.SpliceOwner, track: bool = True
+         ) -> splice.SplicePair | CopyPair:
+    """Start moving bytes between a and b; the pair. On the splice path the sockets leave a
+    and b (and their transports) for a SplicePair; on the copy path a and b stay, in a
+    CopyPair. Both keep `last`, the time a byte last moved (on the copy path only when
+    track is set: it costs a clock read per chunk)."""
+    assert a.channel_name is not None
+    if data_path == "splice" and splice.AVAILABLE:
         to_a, to_b = b"ok\n" + b.leftover, b"ok\n" + a.leftover
         pair = splice.SplicePair(splice.take_socket(a), splice.take_socket(b), clock, owner,
                                  a.channel_name)
         pair.start(to_a, to_b)
         return pair
+    copy = CopyPair(a, b, clock, a.channel_name)
     a.partner, b.partner = b, a
+    a.pair = b.pair = copy
     for this in (a, b):
         this.transport.bufferSize = READ_SIZE
         this.transport.write(b"ok\n")
@@ -44,43 +48,41 @@ def link(a: StapleProtocol, b: StapleProtocol, idle_timeout: float,
             other.transport.write(this.leftover)
             this.leftover = b""
         this.transport.registerProducer(other.transport, True)
-    if idle_timeout > 0:
-        _IdleWatch(a, b, idle_timeout, clock)
-    else:
-        a.dataReceived = b.transport.write  # type: ignore[method-assign]
-        b.dataReceived = a.transport.write  # type: ignore[method-assign]
-    return None
+    for this, other in ((a, b), (b, a)):
+        if track:
+            this.dataReceived = copy.forwarder(other)  # type: ignore[method-assign]
+        else:
+            this.dataReceived = other.transport.write  # type: ignore[method-assign]
+    return copy
 
 
-class _IdleWatch:
-    """Closes the pair when no byte moved either way for idle_timeout seconds (one timer
-    per pair, re-armed lazily; the per-chunk cost is one clock read)."""
+class CopyPair:
+    """Two stapled connections on the copy path (the listener's record of the pair)."""
 
-    def __init__(self, a: StapleProtocol, b: StapleProtocol, timeout: float,
-                 clock: IReactorTime) -> None:
-        self.a, self.b, self.timeout, self.clock = a, b, timeout, clock
-        self.last = clock.seconds()
-        for this, other in ((a, b), (b, a)):
-            this.dataReceived = self._forwarder(other)  # type: ignore[method-assign]
-        self.timer = clock.callLater(timeout, self.check)
-        a.timer = self.timer  # cancelled with the connection
+    __slots__ = ("a", "b", "clock", "name", "started", "last", "keys", "renewed")
 
-    def _forwarder(self, other: StapleProtocol):  # noqa: ANN202
+    def __init__(self, a: StapleProtocol, b: StapleProtocol, clock: IReactorTime,
+                 name: str) -> None:
+        self.a, self.b, self.clock, self.name = a, b, clock, name
+        self.started = self.last = self.renewed = clock.seconds()
+        self.keys: tuple[str, ...] = ()
+
+    def forwarder(self, other: StapleProtocol):  # noqa: ANN201
         write = other.transport.write
+        clock = self.clock
 
         def forward(data: bytes) -> None:
-            self.last = self.clock.seconds()
+            self.last = clock.seconds()
             write(data)
 
         return forward
 
-    def check(self) -> None:
-        if self.a.gone or self.b.gone:
-            return
-        idle = self.clock.seconds() - self.last
-        if idle >= self.timeout:
-            self.a.transport.loseConnection()
-            self.b.transport.loseConnection()
-            return
-        self.timer = self.clock.callLater(self.timeout - idle, self.check)
-        self.a.timer = self.timer
+    def close(self, abort: bool = False) -> None:
+        """End both connections (what is in flight is delivered first, unless aborting)."""
+        for peer in (self.a, self.b):
+            peer.cancel_timer()
+            if peer.transport is not None:
+                if abort:
+                    peer.transport.abortConnection()
+                else:
+                    peer.transport.loseConnection()

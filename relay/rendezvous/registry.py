@@ -1,29 +1,31 @@
 """Channel operations over the store: join, write, long-poll, staple marking.
 
 Every change is a compare-and-set on the channel's stored version (several nodes may share
-one store). Long-polls wake at once for changes made through this node and, when the store
-is shared, also re-read the store every POLL_INTERVAL seconds.
+one store). Long-polls (relay.rendezvous.waits) wake at once for changes made through this
+node and, when the store is shared, for changes any node made (the store's change feed); only
+while that feed is down do they re-read the store, every FALLBACK_POLL seconds.
+
+Per-client limits count a client by `client_key(address)` (its network, see
+relay.web.clients); the two-address rule of a channel keeps using exact addresses.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from relay.config import RendezvousConfig
 from relay.rendezvous import channel as sm
 from relay.rendezvous.channel import Channel, ChannelError
 from relay.rendezvous.requests import ChannelRequest, JoinRequest
+from relay.rendezvous.waits import Waits
 from relay.store.errors import StoreUnavailable
-from relay.store.interfaces.channels import ChannelStore
+from relay.store.interfaces.channels import ChannelStore, ClientChannelsFull
+from relay.web.clients import client_key as default_client_key
 
-# How often a long-poll re-reads a shared store for changes made through other nodes.
-POLL_INTERVAL = 0.25
 # Compare-and-set attempts before giving up (only concurrent writers on one channel race).
 CAS_ATTEMPTS = 16
 # Attempts at a fresh random name before concluding the name space is congested.
@@ -33,12 +35,25 @@ RATE_WINDOW = 60.0
 
 class ChannelRegistry:
     def __init__(self, config: RendezvousConfig, store: ChannelStore, clock: IReactorTime,
-                 node_id: str | None = None) -> None:
+                 node_id: str | None = None,
+                 client_key: Callable[[str], str] | None = None) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.node_id = node_id or os.urandom(8).hex()
-        self._waiters: dict[str, list[Deferred]] = {}
+        self.client_key = client_key or default_client_key
+        self.waits = Waits(self, config, clock)
+
+    # -- lifecycle (the shared store's change feed) ---------------------------------------
+    def start(self) -> None:
+        self.waits.start()
+
+    def stop(self) -> object:
+        return self.waits.stop()
+
+    def waiting(self) -> int:
+        """Long-polls outstanding on this node."""
+        return self.waits.total
 
     # -- reading and writing ------------------------------------------------------------
     async def load(self, name: str) -> Channel | None:
@@ -59,18 +74,29 @@ class ChannelRegistry:
                 if current is None:
                     raise ChannelError(404, "unknown channel")
                 return current
-            if await self.store.replace(name, current.version, new.to_record(), new.ttl(now)):
-                self._wake(name)
-                return attrs.evolve(new, version=current.version + 1)
+            if await self.store.replace(name, current.version, new.to_record(), new.ttl(now),
+                                        self._creator(current)):
+                changed = attrs.evolve(new, version=current.version + 1)
+                self.waits.changed_here(name, changed)
+                return changed
         raise StoreUnavailable("channel update contention")
+
+    def _creator(self, channel: Channel) -> str:
+        """The client a channel counts against: its sender's (the first address)."""
+        return self.client_key(channel.addresses[0]) if channel.addresses else ""
+
+    async def _spend_budget(self, client: str) -> None:
+        """One more join (or probe) of this client this minute; 429 beyond the budget."""
+        hits = await self.store.count_hit(f"join:{client}", RATE_WINDOW)
+        if hits > self.config.joins_per_ip_per_minute:
+            raise ChannelError(429, "too many joins from this network; try again in a minute")
 
     # -- /join --------------------------------------------------------------------------
     async def join(self, request: JoinRequest, address: str,
                    staple: str) -> tuple[Channel, bytes]:
         """The channel joined and this role's uuid."""
-        hits = await self.store.count_hit(f"join:{address}", RATE_WINDOW)
-        if hits > self.config.joins_per_ip_per_minute:
-            raise ChannelError(429, "too many joins from this address; try again in a minute")
+        client = self.client_key(address)
+        await self._spend_budget(client)
         uuid = os.urandom(sm.UUID_LEN)
         if request.role == sm.RECIPIENT:
             assert request.channel is not None
@@ -86,8 +112,13 @@ class ChannelRegistry:
         for name in names:
             channel = sm.new_channel(name, request.curve, self.node_id, staple, uuid, address,
                                      now, ttl)
-            if await self.store.create(name, channel.to_record(), ttl,
-                                       self.config.max_channels):
+            try:
+                created = await self.store.create(name, channel.to_record(), ttl,
+                                                  self.config.max_channels, client,
+                                                  self.config.max_channels_per_client)
+            except ClientChannelsFull:
+                raise ChannelError(429, "this network holds too many open channels") from None
+            if created:
                 return Channel.from_record(channel.to_record(), 1), uuid
         if request.channel:
             raise ChannelError(409, "the sender role is already taken")
@@ -96,74 +127,43 @@ class ChannelRegistry:
     # -- /channel -----------------------------------------------------------------------
     async def act(self, request: ChannelRequest, address: str) -> Channel:
         """Authenticate, apply the request's write, then long-poll if asked."""
+        client = self.client_key(address)
+        name = request.channel
+        # Interest is registered before the channel is read, so a change another node makes
+        # between that read and the wait being registered is not missed.
+        interest = self.waits.interest(name) if request.wait > 0 else None
+        roles: list[str] = []
+        probe: list[bool] = []
+
         def write(current: Channel | None, now: float) -> Channel | None:
-            role = sm.authenticate(current, request.uuid, address, now)
+            try:
+                role = sm.authenticate(current, request.uuid, address, now)
+            except ChannelError as e:
+                # Unknown channel or an address that did not join it: a possible name probe.
+                probe.append(e.status in (403, 404))
+                raise
             assert current is not None
+            roles.append(role)
             return sm.apply_write(current, role, request.write, now)
 
-        channel = await self.update(request.channel, write)
-        if request.wait <= 0:
-            return channel
-        baseline = channel.version if request.since is None else request.since
-        return await self._wait(request.channel, baseline, request.wait, request.uuid, address,
-                                channel)
-
-    async def _wait(self, name: str, baseline: int, seconds: float, uuid: bytes, address: str,
-                    channel: Channel) -> Channel:
-        deadline = self.clock.seconds() + seconds
-        while channel.version <= baseline and not channel.closed:
-            left = deadline - self.clock.seconds()
-            if left <= 0:
-                break
-            step = min(left, POLL_INTERVAL) if self.store.shared else left
-            await self._change_or_timeout(name, step)
-            current = await self.load(name)
-            if current is None:
-                raise ChannelError(404, "unknown channel")
-            sm.authenticate(current, uuid, address, self.clock.seconds())
-            channel = current
-        return channel
-
-    def _change_or_timeout(self, name: str, seconds: float) -> Deferred:
-        """Fires on a local change of the channel or after seconds; cancellable."""
-        waiters = self._waiters.setdefault(name, [])
-
-        def cancel(d: Deferred) -> None:
-            if timer.active():
-                timer.cancel()
-            self._forget(name, waiter)
-
-        waiter: Deferred[Any] = Deferred(cancel)
-
-        def timed_out() -> None:
-            self._forget(name, waiter)
-            waiter.callback(None)
-
-        timer = self.clock.callLater(seconds, timed_out)
-
-        def done(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        waiter.addBoth(done)
-        waiters.append(waiter)
-        return waiter
-
-    def _forget(self, name: str, waiter: Deferred) -> None:
-        waiters = self._waiters.get(name)
-        if waiters and waiter in waiters:
-            waiters.remove(waiter)
-            if not waiters:
-                del self._waiters[name]
-
-    def _wake(self, name: str) -> None:
-        for waiter in self._waiters.pop(name, []):
-            if not waiter.called:
-                waiter.callback(None)
-
-    def waiting(self) -> int:
-        return sum(len(w) for w in self._waiters.values())
+        try:
+            try:
+                channel = await self.update(name, write)
+            except ChannelError:
+                if probe and probe[-1]:
+                    await self._spend_budget(client)
+                raise
+            if interest is None:
+                return channel
+            baseline = channel.version if request.since is None else request.since
+            if channel.version > baseline or channel.closed:
+                return channel
+            waiter = self.waits.add(interest, roles[-1], client, request.uuid, address,
+                                    baseline, channel, request.wait)
+        finally:
+            if interest is not None:
+                self.waits.release(interest)
+        return await waiter
 
     # -- stapling -----------------------------------------------------------------------
     async def staple_check(self, name: str, role: str, uuid: bytes, address: str) -> Channel:
@@ -171,8 +171,18 @@ class ChannelRegistry:
         return sm.staple_check(channel, role, uuid, address, self.node_id,
                                self.clock.seconds())
 
-    async def mark_stapled(self, name: str) -> Channel:
-        return await self.update(name, sm.mark_stapled)
+    async def mark_stapled(self, name: str, lease: float | None = None) -> Channel:
+        def staple(current: Channel | None, now: float) -> Channel:
+            return sm.mark_stapled(current, now, lease)
+
+        return await self.update(name, staple)
+
+    async def renew_lease(self, name: str, lease: float) -> Channel:
+        """Keep a stapled channel open `lease` more seconds (its pair still lives)."""
+        def renew(current: Channel | None, now: float) -> Channel | None:
+            return sm.renew_lease(current, now, lease)
+
+        return await self.update(name, renew)
 
     async def close(self, name: str) -> None:
         """Close the channel if it still exists (after a stapled pair ends, for example)."""

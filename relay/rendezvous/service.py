@@ -66,13 +66,30 @@ class StapleService(Service):
         return port.stopListening() if port is not None else None
 
 
+class RegistryService(Service):
+    """Runs the registry's background part: the shared store's change feed."""
+
+    def __init__(self, registry: ChannelRegistry) -> None:
+        self.registry = registry
+
+    def startService(self) -> None:
+        super().startService()
+        self.registry.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.registry.stop()
+
+
 def make_rendezvous(config: RelayConfig, store: Store,
                     reactor: Any) -> tuple[dict[bytes, Resource], IService]:
     """The HTTP children to put at the root and a MultiService with the staple listener."""
-    registry = ChannelRegistry(config.rendezvous, store.channels, reactor)
+    registry = ChannelRegistry(config.rendezvous, store.channels, reactor,
+                               client_key=config.http.client_key)
     listener = StapleListener(config.rendezvous, registry, reactor)
     staple = StapleService(config.rendezvous.staple_endpoint, listener, reactor)
     service = MultiService()
+    RegistryService(registry).setServiceParent(service)
     staple.setServiceParent(service)
     # For tests and tools: reach the pieces from the service.
     service.registry = registry  # type: ignore[attr-defined]

@@ -114,6 +114,8 @@ class _End:
             self.pipe_r = self.pipe_w = -1
 
     def doRead(self) -> Any:
+        pair = self.pair
+        pair.last = pair.reactor.seconds()  # the idle timeout's clock: one read per wake-up
         try:
             return self._splice_rounds()
         finally:
@@ -146,6 +148,8 @@ class _End:
         return None
 
     def doWrite(self) -> Any:
+        pair = self.pair
+        pair.last = pair.reactor.seconds()  # a slow reader draining counts as activity
         result = self.drain()
         if not self.partner.pending:
             self.partner.give_pipe()
@@ -202,9 +206,11 @@ def take_socket(conn: StapleProtocol) -> int:
 
 class SplicePair:
     """Two sockets spliced together; `owner.splice_ended(pair)` is called once both are
-    closed. `name` is the channel's, for the owner to close it."""
+    closed. `name` is the channel's, for the owner to close it. `last` is when a byte last
+    moved (for the owner's idle timeout); `keys` and `renewed` are the owner's."""
 
-    __slots__ = ("reactor", "owner", "name", "a", "b", "closed", "started")
+    __slots__ = ("reactor", "owner", "name", "a", "b", "closed", "started", "last", "keys",
+                 "renewed")
 
     def __init__(self, a_fd: int, b_fd: int, reactor: Any, owner: SpliceOwner,
                  name: str) -> None:
@@ -213,7 +219,8 @@ class SplicePair:
         self.name = name
         self.closed = False
         # When the pair was stapled, for the log line the owner writes when it ends.
-        self.started = reactor.seconds()
+        self.started = self.last = self.renewed = reactor.seconds()
+        self.keys: tuple[str, ...] = ()
         self.a, self.b = _End(self, a_fd), _End(self, b_fd)
         self.a.partner, self.b.partner = self.b, self.a
 

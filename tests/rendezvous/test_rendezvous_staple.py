@@ -204,8 +204,8 @@ async def test_backpressure_receiver_never_reads(data_path):
             def held(p: Any) -> int:
                 if isinstance(p, SplicePair):
                     return p.a.pending + p.b.pending
-                return (len(p.transport.dataBuffer) - p.transport.offset
-                        + p.transport._tempDataLen)
+                return max(len(c.transport.dataBuffer) - c.transport.offset
+                           + c.transport._tempDataLen for c in (p.a, p.b))
             return max(held(p) for p in node.listener.pairs)
 
         highest = 0
