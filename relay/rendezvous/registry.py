@@ -12,7 +12,8 @@ relay.web.clients); the two-address rule of a channel keeps using exact addresse
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -43,6 +44,30 @@ class ChannelRegistry:
         self.node_id = node_id or os.urandom(8).hex()
         self.client_key = client_key or default_client_key
         self.waits = Waits(self, config, clock)
+        # Requests of each client between arrival and their answer or wait (store round trips
+        # under way): bounded like its waits, so that one client cannot queue thousands of
+        # store calls and push everyone else past the store's pending-call cap.
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_total = 0
+
+    @contextmanager
+    def _admitted(self, client: str) -> Iterator[None]:
+        """Count one request of client in flight; 429 / 503 over the wait caps."""
+        if self._in_flight.get(client, 0) >= self.config.max_waits_per_client:
+            raise ChannelError(429, "too many requests in flight from this network")
+        if self._in_flight_total >= self.config.max_waits:
+            raise ChannelError(503, "the relay is busy; try again shortly")
+        self._in_flight[client] = self._in_flight.get(client, 0) + 1
+        self._in_flight_total += 1
+        try:
+            yield
+        finally:
+            self._in_flight_total -= 1
+            left = self._in_flight[client] - 1
+            if left:
+                self._in_flight[client] = left
+            else:
+                del self._in_flight[client]
 
     # -- lifecycle (the shared store's change feed) ---------------------------------------
     def start(self) -> None:
@@ -96,6 +121,11 @@ class ChannelRegistry:
                    staple: str) -> tuple[Channel, bytes]:
         """The channel joined and this role's uuid."""
         client = self.client_key(address)
+        with self._admitted(client):
+            return await self._join(request, client, address, staple)
+
+    async def _join(self, request: JoinRequest, client: str, address: str,
+                    staple: str) -> tuple[Channel, bytes]:
         await self._spend_budget(client)
         uuid = os.urandom(sm.UUID_LEN)
         if request.role == sm.RECIPIENT:
@@ -147,12 +177,13 @@ class ChannelRegistry:
             return sm.apply_write(current, role, request.write, now)
 
         try:
-            try:
-                channel = await self.update(name, write)
-            except ChannelError:
-                if probe and probe[-1]:
-                    await self._spend_budget(client)
-                raise
+            with self._admitted(client):
+                try:
+                    channel = await self.update(name, write)
+                except ChannelError:
+                    if probe and probe[-1]:
+                        await self._spend_budget(client)
+                    raise
             if interest is None:
                 return channel
             baseline = channel.version if request.since is None else request.since

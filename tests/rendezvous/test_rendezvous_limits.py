@@ -373,3 +373,50 @@ async def test_feed_down_polls_slowly_and_a_wait_still_times_out():
     assert store.loads == loads + 4
     assert (await d).version == (await d2).version
     assert registry.waiting() == 0 and not clock.getDelayedCalls()
+
+
+# -- requests in flight -------------------------------------------------------------------
+class _StalledStore(MemoryChannelStore):
+    """A store whose reads hang (a slow or overloaded Redis): every call is counted."""
+
+    def __init__(self, seconds) -> None:
+        super().__init__(seconds)
+        self.calls = 0
+        self.stalled: list[Deferred] = []
+
+    async def load(self, name):
+        self.calls += 1
+        d: Deferred = Deferred()
+        self.stalled.append(d)
+        return await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_client_cannot_queue_store_calls_past_its_wait_cap():
+    clock = Clock()
+    store = _StalledStore(clock.seconds)
+    registry = ChannelRegistry(RendezvousConfig(max_waits_per_client=4, max_waits=6), store,
+                               clock, node_id="node", client_key=HTTPConfig().client_key)
+    channel = sm.new_channel("abcdefgh", "ed25519", "node", "h:1", b"s" * 32, A, 0.0, 300.0)
+    flood = [Deferred.fromCoroutine(registry.act(request(channel, b"s" * 32, wait=30.0), A))
+             for _ in range(50)]
+    refused = [d for d in flood if d.called]
+    assert store.calls == 4 and len(refused) == 46
+    for d in refused:
+        with pytest.raises(ChannelError) as e:
+            await d
+        assert e.value.status == 429
+    # Another client still gets through, up to the node's cap (then 503).
+    others = [Deferred.fromCoroutine(registry.act(request(channel, b"s" * 32), B))
+              for _ in range(3)]
+    assert store.calls == 6
+    with pytest.raises(ChannelError) as e:
+        await others[2]
+    assert e.value.status == 503
+    # Once the store answers, the slots are free again.
+    for d in store.stalled:
+        d.callback(None)
+    for d in flood[:4] + others[:2]:
+        with pytest.raises(ChannelError):
+            await d  # unknown channel: the stalled store held nothing
+    assert registry._in_flight == {} and registry._in_flight_total == 0
