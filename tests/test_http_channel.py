@@ -108,12 +108,13 @@ def test_a_connection_that_sends_nothing_is_closed_quietly():
 def test_keep_alive_idle_is_shorter():
     clock = Clock()
     channel, transport = connect(clock, request_timeout=30.0, keepalive_timeout=5.0)
-    channel.dataReceived(get("/3"))
+    channel.dataReceived(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nAB")
     assert statuses(transport.value()) == [200]
     clock.advance(4)
     assert not transport.disconnecting
     clock.advance(2)
     assert transport.disconnecting
+    assert statuses(transport.value()) == [200]  # closed quietly: no request had begun
 
 
 def test_header_lines_dripped_hit_the_request_deadline():

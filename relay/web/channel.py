@@ -172,7 +172,8 @@ class RelayChannel(http.HTTPChannel):
             self._networkProducer.pauseProducing()
             return
         # Requests left in the buffer start now (their bytes waited on ours).
-        self._request_started = self._last_read if (self._dataBuffer or self._buffer) else None
+        pending = self._buffer or any(self._dataBuffer)
+        self._request_started = self._last_read if pending else None
         super().requestDone(request)
         if self.persistent:
             self._arm(self._last_read + self.limits.keepalive_timeout)
