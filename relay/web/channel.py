@@ -22,8 +22,11 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import basic
+from twisted.python.failure import Failure
 from twisted.web import http
 
 from relay.config import HTTPConfig
@@ -95,8 +98,7 @@ class RelayChannel(http.HTTPChannel):
             if refusal is not None:
                 # No timer, no producer, nothing parsed: answer and go.
                 self.dataReceived = _ignore  # type: ignore[method-assign]
-                self.transport.write(REFUSALS[refusal])
-                self.transport.loseConnection()
+                close_now(self.transport, REFUSALS[refusal])
                 return
             self._admitted_as = key
         super().connectionMade()
@@ -269,6 +271,27 @@ class RelayChannel(http.HTTPChannel):
         self.dataReceived = _ignore  # type: ignore[method-assign]
         self.transport.write(answer)
         self.loseConnection()
+
+
+def close_now(transport: Any, answer: bytes) -> None:
+    """Send a short answer and close, freeing the descriptor before returning if we can.
+
+    tcp.Port accepts a batch of connections in one go (100 and more); a refused connection
+    closed the usual way (loseConnection) keeps its descriptor until the next reactor turn,
+    so a flood would run the process into EMFILE within one batch, which is what the
+    refusal is there to prevent. A plain TCP transport is closed on the spot: the answer
+    fits a fresh socket's send buffer. Other transports (TLS, PROXY protocol) close as
+    usual."""
+    skt = getattr(transport, "socket", None)
+    if isinstance(transport, tcp.Connection) and skt is not None and not transport.disconnected:
+        try:
+            skt.send(answer)
+        except OSError:
+            pass
+        transport.connectionLost(Failure(ConnectionDone("refused")))
+        return
+    transport.write(answer)
+    transport.loseConnection()
 
 
 def _ignore(data: bytes) -> None:
