@@ -88,12 +88,14 @@ class RelayChannel(http.HTTPChannel):
     _blocked_since: float | None = None  # the transport holds more than it can take
     _held = False  # answered, but unsent: what the client pipelined waits
     _closing_since: float | None = None
+    _close_grace = ABORT_AFTER
 
     # -- admission ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         if self.guard is not None:
-            key = self.client_key(self.transport.getPeer().host) if self.client_key else "-"
+            host = getattr(self.transport.getPeer(), "host", None)  # None: a UNIX socket
+            key = self.client_key(host) if (host and self.client_key) else "-"
             refusal = self.guard.admit(key, self.transport)
             if refusal is not None:
                 # No timer, no producer, nothing parsed: answer and go.
@@ -121,7 +123,8 @@ class RelayChannel(http.HTTPChannel):
         if self._request_started is None:
             if not self._handlingRequest:
                 self._request_started = now
-        elif now > self._request_started + self.limits.request_deadline:
+        elif (now > self._request_started + self.limits.request_deadline
+              and not self._handlingRequest):
             self._time_out()
             return
         # Not HTTPChannel.dataReceived: its TimeoutMixin reset is replaced by our timer.
@@ -155,10 +158,6 @@ class RelayChannel(http.HTTPChannel):
         return (elapsed > self.limits.body_rate_grace
                 and self._body_received < self.limits.min_body_rate * elapsed)
 
-    def allContentReceived(self) -> None:
-        self._request_started = self._body_started = None
-        super().allContentReceived()
-
     # -- answering --------------------------------------------------------------------
 
     def requestDone(self, request: Any) -> None:
@@ -176,6 +175,7 @@ class RelayChannel(http.HTTPChannel):
         # Requests left in the buffer start now (their bytes waited on ours).
         pending = self._buffer or any(self._dataBuffer)
         self._request_started = self._last_read if pending else None
+        self._body_started = None
         super().requestDone(request)
         if self.persistent:
             self._arm(self._last_read + self.limits.keepalive_timeout)
@@ -200,12 +200,14 @@ class RelayChannel(http.HTTPChannel):
         data = b"".join(self._dataBuffer)
         self._dataBuffer = []
         self._request_started = self._last_read if (data or self._buffer) else None
+        self._body_started = None
         self._arm(self._last_read + self.limits.keepalive_timeout)
         self._networkProducer.resumeProducing()
         self.setLineMode(data)
 
     def loseConnection(self) -> None:
-        self._closing(self.clock.seconds())
+        # After an answer (a non-persistent connection) its reader gets send_timeout.
+        self._closing(self.limits.send_timeout)
         super().loseConnection()
 
     # -- the timer --------------------------------------------------------------------
@@ -226,7 +228,7 @@ class RelayChannel(http.HTTPChannel):
         now = self.clock.seconds()
         limits = self.limits
         if self._closing_since is not None:
-            due = self._closing_since + ABORT_AFTER
+            due = self._closing_since + self._close_grace
             if now >= due:
                 self.transport.abortConnection()
             else:
@@ -257,20 +259,21 @@ class RelayChannel(http.HTTPChannel):
         """The request being received is too slow: 408, then close."""
         if self._closing_since is not None:
             return
-        self.dataReceived = _ignore  # type: ignore[method-assign]
-        self.transport.write(TIMED_OUT)
-        self.loseConnection()
+        self.close_with(TIMED_OUT)
 
-    def _closing(self, now: float) -> None:
+    def _closing(self, grace: float) -> None:
         if self._closing_since is None:
-            self._closing_since = now
-            self._arm(now + ABORT_AFTER)
+            self._closing_since = self.clock.seconds()
+            self._close_grace = grace
+            self._arm(self._closing_since + grace)
 
     def close_with(self, answer: bytes) -> None:
-        """Write a canned answer and close (a refused request, e.g. an oversized body)."""
+        """Write a canned answer and close (a refused request, e.g. an oversized body); a
+        client that does not read it is aborted after ABORT_AFTER."""
         self.dataReceived = _ignore  # type: ignore[method-assign]
         self.transport.write(answer)
-        self.loseConnection()
+        self._closing(ABORT_AFTER)
+        super().loseConnection()
 
 
 def close_now(transport: Any, answer: bytes) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
@@ -76,10 +76,10 @@ def serve(request: Request, work: Callable[[bytes], Awaitable[tuple[T, str]]], *
     finished: list = []
     request.notifyFinish().addBoth(finished.append)
 
-    async def run() -> tuple[T, str]:
-        return await work(read_body(request, max_body))
-
-    d = Deferred.fromCoroutine(run())
+    try:
+        d = Deferred.fromCoroutine(work(read_body(request, max_body)))
+    except HTTPError:
+        d = fail()
     if cancel_on_disconnect and not d.called:
         request.notifyFinish().addErrback(lambda _: d.cancel())
 
