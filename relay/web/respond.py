@@ -90,7 +90,7 @@ def serve(request: Request, work: Callable[[bytes], Awaitable[tuple[T, str]]], *
         _log(logger, endpoint, 200, detail, started)
 
     def failed(failure: Failure) -> None:
-        if failure.check(CancelledError) and finished:
+        if finished and failure.check(CancelledError):
             _log(logger, endpoint, 499, "client went away", started)
             return
         status, detail = error_status(failure)
