@@ -170,7 +170,8 @@ class FilesConfig:
 class RendezvousConfig:
     enabled: bool = attrs.field(default=True, validator=_boolean)
     staple_endpoint: str = attrs.field(default="tcp:9009:backlog=1024", validator=_string)
-    # host:port that clients are told to staple to; empty: this host's HTTP Host, staple port.
+    # host:port that clients are told to staple to; empty: the local address the HTTP
+    # connection arrived on, staple port (never a request header).
     staple_address: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
     channel_ttl: float = attrs.field(default=5 * MINUTE, validator=_positive)
     max_wait: float = attrs.field(default=30.0, validator=_positive)
