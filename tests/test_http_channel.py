@@ -128,6 +128,7 @@ def test_header_lines_dripped_hit_the_request_deadline():
     clock.advance(6.5)  # 30.5 s after the first byte, though a header came 6.5 s ago
     assert statuses(transport.value()) == [408]
     assert transport.disconnecting
+    assert channel.cuts.lines == 1 and channel.cuts.counts == {}  # logged once, at once
 
 
 def test_a_dripped_body_is_cut_after_the_grace_period():
@@ -318,3 +319,42 @@ def test_guard_counts_match_a_model(operations):
     (1024, 256, 768), (65536, 256, 65280), (200, 256, 100), (None, 256, None)])
 def test_descriptor_threshold(limit, reserve, threshold):
     assert DescriptorGuard(limit, reserve).threshold == threshold
+
+
+@settings(max_examples=80)
+@given(body_size=st.integers(0, 300_000), pieces=st.integers(1, 40),
+       pause=st.floats(0, 2.0), data=st.data())
+def test_a_request_within_the_limits_is_served_however_it_arrives(body_size, pieces, pause,
+                                                                  data):
+    """Split anywhere, paced within the deadline and above the body rate: never a 408."""
+    clock = Clock()
+    channel, transport = connect(clock, request_deadline=30.0, min_body_rate=4096,
+                                 body_rate_grace=5.0)
+    request = (b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % body_size
+               + b"A" * body_size)
+    cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(request) - 1)),
+                                     max_size=pieces - 1, unique=True)))
+    bounds = [0, *cuts, len(request)]
+    # Pauses fit the deadline; the body keeps above 4096 B/s as long as each piece is at
+    # least pause * 4096 bytes, so pace by the piece's size.
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        clock.advance(min(pause, 25.0 / len(bounds), (end - start) / 8192))
+        channel.dataReceived(request[start:end])
+    assert statuses(transport.value()) == [200]
+    assert transport.value().endswith(b"got %d" % body_size)
+
+
+@settings(max_examples=40)
+@given(rate=st.integers(1, 3000), grace=st.floats(1.0, 10.0))
+def test_a_body_under_the_rate_is_always_cut_soon_after_the_grace(rate, grace):
+    clock = Clock()
+    channel, transport = connect(clock, min_body_rate=4096, body_rate_grace=grace,
+                                 request_deadline=600.0, request_timeout=600.0)
+    channel.dataReceived(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+    seconds = 0.0
+    while not transport.disconnecting and seconds < 60:
+        clock.advance(0.5)
+        seconds += 0.5
+        channel.dataReceived(b"A" * (rate // 2 or 1))
+    assert statuses(transport.value()) == [408]
+    assert seconds <= grace + 0.5

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 
 from relay.config import HTTPConfig
-from relay.web.guard import ConnectionGuard
+from relay.web.guard import ConnectionGuard, RefusalLog
 
 # Seconds a connection we close (after a 408, a 413, an answer on a non-persistent
 # connection) may take to flush before it is aborted.
@@ -77,6 +77,7 @@ class RelayChannel(http.HTTPChannel):
     clock: IReactorTime
     guard: ConnectionGuard | None = None
     client_key: Any = None
+    cuts: RefusalLog | None = None  # logs cut requests once an interval
 
     _timer: Any = None
     _admitted_as: str | None = None
@@ -125,7 +126,7 @@ class RelayChannel(http.HTTPChannel):
                 self._request_started = now
         elif (now > self._request_started + self.limits.request_deadline
               and not self._handlingRequest):
-            self._time_out()
+            self._time_out("request deadline")
             return
         # Not HTTPChannel.dataReceived: its TimeoutMixin reset is replaced by our timer.
         basic.LineReceiver.dataReceived(self, data)
@@ -149,7 +150,7 @@ class RelayChannel(http.HTTPChannel):
         if self._body_started is not None:
             self._body_received += len(data)
             if self._too_slow(self._last_read):
-                self._time_out()
+                self._time_out("body too slow")
                 return
         super().rawDataReceived(data)
 
@@ -235,6 +236,7 @@ class RelayChannel(http.HTTPChannel):
                 self._arm(due)
             return
         if self._blocked_since is not None and now >= self._blocked_since + limits.send_timeout:
+            self._note("answer unread (aborted)")
             self.transport.abortConnection()
             return
         elif self._handlingRequest:
@@ -242,8 +244,14 @@ class RelayChannel(http.HTTPChannel):
         elif self._request_started is not None:
             due = min(self._request_started + limits.request_deadline,
                       self._last_read + limits.request_timeout)
-            if now >= due or (self._body_started is not None and self._too_slow(now)):
-                self._time_out()
+            if now >= self._request_started + limits.request_deadline:
+                self._time_out("request deadline")
+                return
+            if now >= due:
+                self._time_out("idle within a request")
+                return
+            if self._body_started is not None and self._too_slow(now):
+                self._time_out("body too slow")
                 return
         else:
             due = self._last_read + (limits.keepalive_timeout if self._served
@@ -255,11 +263,16 @@ class RelayChannel(http.HTTPChannel):
             due = min(due, self._blocked_since + limits.send_timeout)
         self._arm(due)
 
-    def _time_out(self) -> None:
+    def _time_out(self, reason: str) -> None:
         """The request being received is too slow: 408, then close."""
         if self._closing_since is not None:
             return
+        self._note(reason)
         self.close_with(TIMED_OUT)
+
+    def _note(self, reason: str) -> None:
+        if self.cuts is not None:
+            self.cuts.refused(reason)
 
     def _closing(self, grace: float) -> None:
         if self._closing_since is None:

@@ -85,9 +85,9 @@ class RefusalLog:
         self.lines += 1
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
         if first:
-            log.warn("refusing {what} connections: {reasons}", what=self.what, reasons=reasons)
+            log.warn("closing {what} connections: {reasons}", what=self.what, reasons=reasons)
         else:
-            log.warn("refused {total} {what} connections in the last {s:.0f}s: {reasons}",
+            log.warn("closed {total} {what} connections in the last {s:.0f}s: {reasons}",
                      total=sum(counts.values()), what=self.what, s=self.interval,
                      reasons=reasons)
 

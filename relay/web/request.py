@@ -76,6 +76,7 @@ class RelaySite(server.Site):
                 DescriptorGuard.for_this_process(config.descriptor_reserve),
                 RefusalLog(self.reactor, "HTTP"))
         self.guard = guard
+        self.cuts = RefusalLog(self.reactor, "slow HTTP")
         # Bodies are base64 lines or JSON, never forms: skip Twisted's Content-Type parsing
         # (through the email package: a tenth of a handshake request's cost). Twisted reads
         # this per request; older versions have no such parsing to skip.
@@ -93,6 +94,7 @@ class RelaySite(server.Site):
         channel.clock = self.reactor
         channel.guard = self.guard
         channel.client_key = self.config.client_key
+        channel.cuts = self.cuts
         return channel
 
     def log(self, request: http.Request) -> None:
