@@ -43,6 +43,15 @@ class RelayService(MultiService):
                  store=c.store.url.split("@")[-1], d=c.mailbox.difficulty,
                  files="on" if c.files.enabled else "off",
                  rdv=c.rendezvous.staple_endpoint if c.rendezvous.enabled else "off")
+        descriptors = self.site.guard.descriptors
+        if descriptors.threshold is not None:
+            log.info("file descriptor limit {limit}: HTTP connections are refused from "
+                     "descriptor {threshold} on, and beyond max_connections {cap}",
+                     limit=descriptors.limit, threshold=descriptors.threshold,
+                     cap=c.http.max_connections)
+            if descriptors.threshold < c.http.max_connections:
+                log.warn("the file descriptor limit ({limit}) is below what max_connections "
+                         "needs: raise it (LimitNOFILE, ulimit -n)", limit=descriptors.limit)
         super().startService()
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from twisted.internet.address import IPv4Address, IPv6Address
 
 from relay.config import RelayConfig, RendezvousConfig
@@ -245,3 +246,26 @@ def test_descriptor_guarded_factory_closes_connections_near_the_limit():
     wrapper.makeConnection(fine)
     assert near.aborted and not fine.aborted
     assert len(made) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_listeners_bind_in_privileged_start_service(tmp_path):
+    """Bound before twistd's --uid drops root: both ports listen before startService."""
+    from twisted.internet import reactor
+
+    from relay.config import load_config
+    from relay.service import RelayService
+
+    config = load_config(overrides={
+        "http": {"endpoint": "tcp:0:interface=127.0.0.1"},
+        "files": {"enabled": False},
+        "rendezvous": {"staple_endpoint": "tcp:0:interface=127.0.0.1"}})
+    service = RelayService(config, reactor)
+    rendezvous = service.app.services[-1]
+    service.privilegedStartService()
+    try:
+        assert service.http.port_number()
+        assert rendezvous.staple.port_number()
+    finally:
+        await service.http.stopService()
+        await rendezvous.staple.stopService()

@@ -187,7 +187,12 @@ class _DescriptorGuardedProtocol(ProtocolWrapper):
 
 class DescriptorGuardedFactory(WrappingFactory):
     """Wraps another listener's factory: a connection that arrives while descriptors are
-    near the limit is closed at once (it speaks no HTTP, so it gets no answer)."""
+    near the limit is closed at once (it speaks no HTTP, so it gets no answer). E.g. the
+    staple listener, sharing the HTTP site's guard:
+
+        DescriptorGuardedFactory(listener, site.guard.descriptors,
+                                 RefusalLog(reactor, "staple"))
+    """
 
     protocol = _DescriptorGuardedProtocol
 
