@@ -131,6 +131,20 @@ def test_header_lines_dripped_hit_the_request_deadline():
     assert channel.cuts.lines == 1 and channel.cuts.counts == {}  # logged once, at once
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_deadline_shorter_than_the_idle_timeout_fires_on_time(pipelined):
+    clock = Clock()
+    channel, transport = connect(clock, request_timeout=30.0, request_deadline=2.0)
+    if pipelined:  # the second request starts when the first is answered
+        channel.dataReceived(get("/3") + b"GET /3 HTTP/1.1\r\n")
+    else:
+        channel.dataReceived(b"GET /3 HTTP/1.1\r\n")
+    clock.advance(1.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert statuses(transport.value())[-1] == 408 and transport.disconnecting
+
+
 def test_a_dripped_body_is_cut_after_the_grace_period():
     clock = Clock()
     channel, transport = connect(clock, min_body_rate=4096, body_rate_grace=5.0)

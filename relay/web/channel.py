@@ -123,13 +123,17 @@ class RelayChannel(http.HTTPChannel):
         now = self._last_read = self.clock.seconds()
         if self._request_started is None:
             if not self._handlingRequest:
-                self._request_started = now
+                self._start_request(now)
         elif (now > self._request_started + self.limits.request_deadline
               and not self._handlingRequest):
             self._time_out("request deadline")
             return
         # Not HTTPChannel.dataReceived: its TimeoutMixin reset is replaced by our timer.
         basic.LineReceiver.dataReceived(self, data)
+
+    def _start_request(self, now: float) -> None:
+        self._request_started = now
+        self._arm(now + self.limits.request_deadline)  # if shorter than the idle timeout
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()
@@ -174,9 +178,9 @@ class RelayChannel(http.HTTPChannel):
             self._networkProducer.pauseProducing()
             return
         # Requests left in the buffer start now (their bytes waited on ours).
-        pending = self._buffer or any(self._dataBuffer)
-        self._request_started = self._last_read if pending else None
-        self._body_started = None
+        self._request_started = self._body_started = None
+        if self._buffer or any(self._dataBuffer):
+            self._start_request(self._last_read)
         super().requestDone(request)
         if self.persistent:
             self._arm(self._last_read + self.limits.keepalive_timeout)
@@ -200,9 +204,10 @@ class RelayChannel(http.HTTPChannel):
         self._last_read = self.clock.seconds()
         data = b"".join(self._dataBuffer)
         self._dataBuffer = []
-        self._request_started = self._last_read if (data or self._buffer) else None
-        self._body_started = None
+        self._request_started = self._body_started = None
         self._arm(self._last_read + self.limits.keepalive_timeout)
+        if data or self._buffer:
+            self._start_request(self._last_read)
         self._networkProducer.resumeProducing()
         self.setLineMode(data)
 

@@ -92,9 +92,13 @@ class RefusalLog:
                      reasons=reasons)
 
     def stop(self) -> None:
+        """Log what is still counted (at shutdown) and stop the interval."""
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        counts, self.counts = self.counts, Counter()
+        if counts:
+            self._emit(counts, first=False)
 
 
 class DescriptorGuard:

@@ -97,5 +97,10 @@ class RelaySite(server.Site):
         channel.cuts = self.cuts
         return channel
 
+    def stopFactory(self) -> None:
+        self.guard.refusals.stop()
+        self.cuts.stop()
+        super().stopFactory()
+
     def log(self, request: http.Request) -> None:
         pass
