@@ -6,6 +6,7 @@ address never comes from a request header."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import select
 import socket
@@ -23,7 +24,7 @@ from tests.relay_process import RelayProcess, free_port, twistd_command
 
 
 def run_relay(workdir: Path, args: list[str], *, nofile: int | None = None,
-              wait_for: int | None = None) -> subprocess.Popen:
+              wait_for: int | None = None, twistd: list[str] = ()) -> subprocess.Popen:
     """`twistd -n relay ARGS`, optionally with a lower descriptor limit; waits until
     `wait_for` (a port) accepts connections."""
 
@@ -32,7 +33,7 @@ def run_relay(workdir: Path, args: list[str], *, nofile: int | None = None,
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     command = twistd_command() + ["-n", "--pidfile=", "--logfile", str(workdir / "relay.log"),
-                                  "relay", "--no-files"] + args
+                                  *twistd, "relay", "--no-files"] + args
     out = open(workdir / "relay.out", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                                stderr=subprocess.STDOUT, preexec_fn=limit)
@@ -269,3 +270,29 @@ async def test_listeners_bind_in_privileged_start_service(tmp_path):
     finally:
         await service.http.stopService()
         await rendezvous.staple.stopService()
+
+
+def free_low_port() -> int | None:
+    for port in range(900, 1024):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_twistd_uid_binds_a_low_port_then_serves_unprivileged(tmp_path):
+    port = free_low_port()
+    assert port is not None
+    process = run_relay(tmp_path, ["--no-rendezvous", "--port", f"tcp:{port}:interface=127.0.0.1"],
+                        twistd=["--uid=65534", "--gid=65534"], wait_for=port)
+    try:
+        assert served(port).startswith(b"HTTP/1.1 401")
+        with open(f"/proc/{process.pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        assert uids == ["65534"] * 4
+    finally:
+        stop(process)
