@@ -103,10 +103,17 @@ class HTTPConfig:
     # File descriptors kept free for the store, the staple listener, files and logs: new
     # HTTP connections are refused (503) once the next one would eat into this reserve.
     descriptor_reserve: int = attrs.field(default=256, validator=_non_negative)
+    # Request bodies held in memory at once, all connections together (503 beyond): each
+    # connection's body is capped, this caps their sum, whatever max_connections allows.
+    max_buffered_bodies: int = attrs.field(default=256 * MIB, validator=_positive_int)
     # Limits count clients by network, not by address: an IPv4 address, an IPv6 /64 (one
     # host's share under SLAAC) by default.
     ipv4_prefix: int = attrs.field(default=32, validator=_prefix(32))
     ipv6_prefix: int = attrs.field(default=64, validator=_prefix(128))
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_buffered_bodies < self.max_command_body:
+            raise ConfigError("max_buffered_bodies must be at least max_command_body")
 
     def client_key(self, host: str) -> str:
         """The key every per-client limit counts `host` under (see relay.web.clients)."""

@@ -372,3 +372,63 @@ def test_a_body_under_the_rate_is_always_cut_soon_after_the_grace(rate, grace):
         channel.dataReceived(b"A" * (rate // 2 or 1))
     assert statuses(transport.value()) == [408]
     assert seconds <= grace + 0.5
+
+
+def post_head(size: int | None) -> bytes:
+    length = b"Transfer-Encoding: chunked" if size is None else b"Content-Length: %d" % size
+    return b"POST /p HTTP/1.1\r\nHost: x\r\n" + length + b"\r\n\r\n"
+
+
+def test_bodies_held_at_once_are_capped_relay_wide():
+    clock = Clock()
+    resource = Answers()
+    config = HTTPConfig(max_command_body=200_000, max_buffered_bodies=300_000)
+    site = RelaySite(resource, config, reactor=clock)
+
+    def open_connection():
+        channel = site.buildProtocol(PEER)
+        transport = PausingTransport(peerAddress=PEER, hostAddress=HOST)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    a, a_out = open_connection()
+    a.dataReceived(post_head(200_000) + b"A" * 150_000)
+    assert site.bodies.held == 150_000
+    b, b_out = open_connection()
+    b.dataReceived(post_head(200_000))  # announced: does not fit beside a's
+    assert statuses(b_out.value()) == [503] and b_out.disconnecting
+    c, c_out = open_connection()
+    c.dataReceived(post_head(None) + b"%x\r\n%s\r\n" % (100_000, b"C" * 100_000))
+    c.dataReceived(b"%x\r\n%s\r\n" % (100_000, b"C" * 100_000))  # chunked: cut when over
+    assert statuses(c_out.value()) == [503]
+    c.connectionLost(None)
+    a.dataReceived(b"A" * 50_000)
+    assert statuses(a_out.value()) == [200]
+    assert site.bodies.held == 0  # released when answered
+    d, d_out = open_connection()
+    d.dataReceived(post_head(200_000) + b"D" * 200_000)
+    assert statuses(d_out.value()) == [200]
+    b.connectionLost(None)
+    assert site.bodies.held == 0
+
+
+@settings(max_examples=50)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 120_000)), max_size=30))
+def test_the_body_budget_always_returns_to_zero(steps):
+    clock = Clock()
+    config = HTTPConfig(max_command_body=200_000, max_buffered_bodies=300_000)
+    site = RelaySite(Answers(), config, reactor=clock)
+    connections = []
+    for _ in range(4):
+        channel = site.buildProtocol(PEER)
+        channel.makeConnection(PausingTransport(peerAddress=PEER, hostAddress=HOST))
+        channel.dataReceived(post_head(200_000))
+        connections.append(channel)
+    for index, size in steps:
+        channel = connections[index]
+        if not channel.transport.disconnecting:
+            channel.dataReceived(b"x" * size)
+        assert 0 <= site.bodies.held <= 300_000
+    for channel in connections:
+        channel.connectionLost(None)
+    assert site.bodies.held == 0

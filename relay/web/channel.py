@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 
 from relay.config import HTTPConfig
-from relay.web.guard import ConnectionGuard, RefusalLog
+from relay.web.guard import BodyBudget, ConnectionGuard, RefusalLog
 
 # Seconds a connection we close (after a 408, a 413, an answer on a non-persistent
 # connection) may take to flush before it is aborted.
@@ -49,6 +49,7 @@ def canned(status: int, phrase: str, details: str, retry_after: int | None = Non
 
 
 TIMED_OUT = canned(408, "Request Timeout", "request too slow")
+BODIES_FULL = canned(503, "Service Unavailable", "relay busy", 10)
 REFUSALS = {
     "descriptors": canned(503, "Service Unavailable", "relay busy", 10),
     "busy": canned(503, "Service Unavailable", "relay busy", 10),
@@ -78,6 +79,7 @@ class RelayChannel(http.HTTPChannel):
     guard: ConnectionGuard | None = None
     client_key: Any = None
     cuts: RefusalLog | None = None  # logs cut requests once an interval
+    bodies: BodyBudget | None = None  # shared by the site's connections
 
     _timer: Any = None
     _admitted_as: str | None = None
@@ -86,6 +88,7 @@ class RelayChannel(http.HTTPChannel):
     _request_started: float | None = None  # set while a request is being received
     _body_started: float | None = None
     _body_received = 0
+    _body_held = 0  # of the current body, bytes counted in `bodies`
     _blocked_since: float | None = None  # the transport holds more than it can take
     _held = False  # answered, but unsent: what the client pipelined waits
     _closing_since: float | None = None
@@ -115,6 +118,7 @@ class RelayChannel(http.HTTPChannel):
         if self._admitted_as is not None:
             key, self._admitted_as = self._admitted_as, None
             self.guard.release(key)  # type: ignore[union-attr]
+        self._release_body()
         super().connectionLost(reason)
 
     # -- receiving --------------------------------------------------------------------
@@ -140,6 +144,8 @@ class RelayChannel(http.HTTPChannel):
         if self.length != 0:
             self._body_started = self._last_read
             self._body_received = 0
+            if self.length and self.bodies is not None and not self.bodies.fits(self.length):
+                self._refuse_body()
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._handlingRequest:
@@ -153,10 +159,25 @@ class RelayChannel(http.HTTPChannel):
             return
         if self._body_started is not None:
             self._body_received += len(data)
+            if self.bodies is not None:
+                if not self.bodies.take(len(data)):
+                    self._refuse_body()
+                    return
+                self._body_held += len(data)
             if self._too_slow(self._last_read):
                 self._time_out("body too slow")
                 return
         super().rawDataReceived(data)
+
+    def _refuse_body(self) -> None:
+        if self._closing_since is None:
+            self._note("bodies over max_buffered_bodies")
+            self.close_with(BODIES_FULL)
+
+    def _release_body(self) -> None:
+        if self._body_held:
+            self.bodies.give(self._body_held)  # type: ignore[union-attr]
+            self._body_held = 0
 
     def _too_slow(self, now: float) -> bool:
         elapsed = now - self._body_started  # type: ignore[operator]
@@ -167,6 +188,7 @@ class RelayChannel(http.HTTPChannel):
 
     def requestDone(self, request: Any) -> None:
         self._served = True
+        self._release_body()
         self._last_read = self.clock.seconds()
         if self.persistent and self._waitingForTransport:
             # The answer is still unsent: hold what the client pipelined until it drains

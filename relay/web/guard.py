@@ -101,6 +101,26 @@ class RefusalLog:
             self._emit(counts, first=False)
 
 
+class BodyBudget:
+    """Bytes of request bodies held at once by all connections of a site."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def fits(self, size: int) -> bool:
+        return self.held + size <= self.limit
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 class DescriptorGuard:
     """Says when a new connection's descriptor eats into the reserve; reusable by any
     listener (see `guard_descriptors`)."""

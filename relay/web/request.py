@@ -9,7 +9,7 @@ from twisted.web import http, server
 
 from relay.config import HTTPConfig
 from relay.web.channel import ChannelLimits, RelayChannel
-from relay.web.guard import ConnectionGuard, DescriptorGuard, RefusalLog
+from relay.web.guard import BodyBudget, ConnectionGuard, DescriptorGuard, RefusalLog
 
 _TOO_LARGE = (b"HTTP/1.1 413 Request Entity Too Large\r\n"
               b"Content-Length: 0\r\nAccess-Control-Allow-Origin: *\r\n"
@@ -76,7 +76,8 @@ class RelaySite(server.Site):
                 DescriptorGuard.for_this_process(config.descriptor_reserve),
                 RefusalLog(self.reactor, "HTTP"))
         self.guard = guard
-        self.cuts = RefusalLog(self.reactor, "slow HTTP")
+        self.cuts = RefusalLog(self.reactor, "HTTP")  # requests cut short
+        self.bodies = BodyBudget(config.max_buffered_bodies)
         # Bodies are base64 lines or JSON, never forms: skip Twisted's Content-Type parsing
         # (through the email package: a tenth of a handshake request's cost). Twisted reads
         # this per request; older versions have no such parsing to skip.
@@ -95,6 +96,7 @@ class RelaySite(server.Site):
         channel.guard = self.guard
         channel.client_key = self.config.client_key
         channel.cuts = self.cuts
+        channel.bodies = self.bodies
         return channel
 
     def stopFactory(self) -> None:
