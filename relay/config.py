@@ -98,12 +98,39 @@ class HTTPConfig:
     # The cap for /command (a 500 KiB file chunk in base64 fits); other paths take 4 KiB.
     max_command_body: int = attrs.field(default=1 * MIB, validator=_positive_int)
     max_small_body: int = attrs.field(default=4 * KIB, validator=_positive_int)
-    # A client that has not sent its whole request (headers and body) by then is dropped.
+    # A connection that sends nothing for this long (before or within a request) is closed.
     request_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # Between requests a kept-alive connection may idle this long: shorter, since an idle
+    # connection costs a descriptor and holds one of its client's connection slots.
+    keepalive_timeout: float = attrs.field(default=15.0, validator=_positive)
+    # A whole request (headers and body) must arrive within this long of its first byte, so
+    # a client dripping a header line now and then cannot hold a connection (408).
+    request_deadline: float = attrs.field(default=30.0, validator=_positive)
+    # A body must average at least this many bytes a second once body_rate_grace has passed
+    # (408): a dripped body is cut after seconds, not at the deadline.
+    min_body_rate: int = attrs.field(default=4 * KIB, validator=_non_negative)
+    body_rate_grace: float = attrs.field(default=5.0, validator=_non_negative)
+    # An answer the client does not read: the connection is aborted when its unsent output
+    # has not drained for this long (no further pipelined request is read meanwhile).
+    send_timeout: float = attrs.field(default=60.0, validator=_positive)
+    # Concurrent HTTP connections in all (503 beyond) and per client (429 beyond; a client
+    # is a network, see ipv4_prefix: a NAT'd office shares one budget, so not too low).
+    max_connections: int = attrs.field(default=10000, validator=_positive_int)
+    max_connections_per_client: int = attrs.field(default=128, validator=_positive_int)
+    # File descriptors kept free for the store, the staple listener, files and logs: new
+    # HTTP connections are refused (503) once the next one would eat into this reserve.
+    descriptor_reserve: int = attrs.field(default=256, validator=_non_negative)
+    # Request bodies held in memory at once, all connections together (503 beyond): each
+    # connection's body is capped, this caps their sum, whatever max_connections allows.
+    max_buffered_bodies: int = attrs.field(default=256 * MIB, validator=_positive_int)
     # Limits count clients by network, not by address: an IPv4 address, an IPv6 /64 (one
     # host's share under SLAAC) by default.
     ipv4_prefix: int = attrs.field(default=32, validator=_prefix(32))
     ipv6_prefix: int = attrs.field(default=64, validator=_prefix(128))
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_buffered_bodies < self.max_command_body:
+            raise ConfigError("max_buffered_bodies must be at least max_command_body")
 
     def client_key(self, host: str) -> str:
         """The key every per-client limit counts `host` under (see relay.web.clients)."""
@@ -233,7 +260,8 @@ class FilesConfig:
 class RendezvousConfig:
     enabled: bool = attrs.field(default=True, validator=_boolean)
     staple_endpoint: str = attrs.field(default="tcp:9009:backlog=1024", validator=_string)
-    # host:port that clients are told to staple to; empty: this host's HTTP Host, staple port.
+    # host:port that clients are told to staple to; empty: the local address the HTTP
+    # connection arrived on, staple port (never a request header).
     staple_address: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
     channel_ttl: float = attrs.field(default=5 * MINUTE, validator=_positive)
     max_wait: float = attrs.field(default=30.0, validator=_positive)

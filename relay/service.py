@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from relay import __version__
 from relay.app import build_relay
 from relay.config import RelayConfig
+from relay.web.listen import ListenError, ListeningService, report_in_one_line
 from relay.web.request import RelaySite
 
 log = Logger(namespace="relay")
@@ -24,7 +24,17 @@ class RelayService(MultiService):
         for service in self.app.services:
             service.setServiceParent(self)
         self.site = RelaySite(self.app.root, config.http, reactor=reactor)
-        strports.service(config.http.endpoint, self.site, reactor=reactor).setServiceParent(self)
+        self.http = ListeningService("HTTP", config.http.endpoint, self.site, reactor)
+        self.http.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        # Listeners bind here, before twistd's --uid drops root; one that cannot bind stops
+        # the relay with one line.
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            report_in_one_line(e)
+            raise
 
     def startService(self) -> None:
         c = self.config
@@ -33,6 +43,15 @@ class RelayService(MultiService):
                  store=c.store.url.split("@")[-1], d=c.mailbox.difficulty,
                  files="on" if c.files.enabled else "off",
                  rdv=c.rendezvous.staple_endpoint if c.rendezvous.enabled else "off")
+        descriptors = self.site.guard.descriptors
+        if descriptors.threshold is not None:
+            log.info("file descriptor limit {limit}: HTTP connections are refused from "
+                     "descriptor {threshold} on, and beyond max_connections {cap}",
+                     limit=descriptors.limit, threshold=descriptors.threshold,
+                     cap=c.http.max_connections)
+            if descriptors.threshold < c.http.max_connections:
+                log.warn("the file descriptor limit ({limit}) is below what max_connections "
+                         "needs: raise it (LimitNOFILE, ulimit -n)", limit=descriptors.limit)
         super().startService()
 
 

@@ -20,7 +20,8 @@ _SETTINGS: list[tuple[str, str, str, type, str]] = [
     ("staple", "rendezvous", "staple_endpoint", str,
      "TCP endpoint where peers staple [default: tcp:9009:backlog=1024]"),
     ("staple-address", "rendezvous", "staple_address", str,
-     "host:port that clients are told to staple to [default: the HTTP Host, staple port]"),
+     "host:port that clients are told to staple to [default: the address the HTTP "
+     "connection arrived on, staple port]"),
     ("files-dir", "files", "directory", str, "directory of file-drop chunks [default: relay-files]"),
 ]
 

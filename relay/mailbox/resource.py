@@ -15,9 +15,10 @@ from relay.mailbox.handshake import SessionHandshake
 from relay.mailbox.messages import MessageCommands
 from relay.mailbox.wire import join_lines
 from relay.store import Store
-from relay.web.errors import HTTPError
-from relay.web.respond import respond_later
+from relay.web.respond import serve, text_replies
 from relay.web.root import refuse
+
+_REPLIES = text_replies()
 
 # An endpoint's work: the body and the client's key (HTTPConfig.client_key) in,
 # (response lines, what to log) out.
@@ -38,19 +39,21 @@ class MailboxEndpoint(Resource):
         self.step = step
         self.max_body = max_body
         self.config = config
+        self.endpoint = "/" + name
 
     def render(self, request: Request) -> object:
         if request.method != b"POST":
             return refuse(request)
-        return respond_later(request, lambda: self._run(request), "/" + self.name)
-
-    async def _run(self, request: Request) -> tuple[bytes, str]:
-        body = request.content.read(self.max_body + 1)
-        if len(body) > self.max_body:
-            raise HTTPError(413, "request body too large")
         client = self.config.client_key(request.getClientAddress().host)
-        lines, detail = await self.step(body, client)
-        return join_lines(*lines), detail
+
+        async def work(body: bytes) -> tuple[bytes, str]:
+            lines, detail = await self.step(body, client)
+            return join_lines(*lines), detail
+
+        # Not cancelled when the client goes away: a command's store updates run to their
+        # end (they are short, bounded by the store's operation timeout).
+        return serve(request, work, endpoint=self.endpoint, max_body=self.max_body,
+                     replies=_REPLIES)
 
 
 async def _handshake_step(step: Callable, body: bytes, client: str) -> tuple[list[str], str]:

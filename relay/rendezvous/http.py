@@ -7,54 +7,47 @@ config.http.max_small_body are refused (413) before they are parsed.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from relay.config import RelayConfig
 from relay.crypto import b64encode
 from relay.rendezvous.channel import ChannelError
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.requests import parse_channel, parse_join
-from relay.web.respond import error_status, set_common_headers
+from relay.web.respond import Replies, serve, set_common_headers
 
 log = Logger(namespace="relay.rendezvous")
 
 
-def _json_response(request: Request, status: int, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    request.setResponseCode(status)
-    set_common_headers(request)
+def _json_body(request: Request, payload: dict[str, Any]) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    request.setHeader(b"Content-Length", str(len(body)).encode())
-    request.write(body)
-    request.finish()
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def _read_body(request: Request, cap: int) -> bytes:
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    body = content.read(cap + 1)
-    if len(body) > cap:
-        raise ChannelError(413, "request body too large")
-    return body
+def _json_ok(request: Request, payload: dict[str, Any]) -> bytes:
+    request.setResponseCode(200)
+    return _json_body(request, payload)
 
+
+def _json_error(request: Request, status: int, detail: str) -> bytes:
+    return _json_body(request, {"error": detail})
+
+
+_REPLIES: Replies[dict[str, Any]] = Replies(_json_ok, _json_error)
 
 # What an endpoint does with a request: (request, body, client address) -> the JSON answer.
 Handler = Callable[[Request, bytes, str], Awaitable[dict[str, Any]]]
 
 
 class _JSONResource(Resource):
-    """POST-only JSON endpoint: the shared framing; `handle` is the endpoint's own work."""
+    """POST-only JSON endpoint on the shared request path (relay.web.respond.serve);
+    `handle` is the endpoint's own work."""
 
     isLeaf = True
     endpoint = ""
@@ -81,39 +74,16 @@ class _JSONResource(Resource):
         return b'{"error":"use POST"}'
 
     def render_POST(self, request: Request) -> object:
-        started = time.monotonic()
-        finished: list = []
-        request.notifyFinish().addBoth(finished.append)
+        # The rendezvous's two-address rule counts exact addresses, not client keys.
         address = request.getClientAddress().host
 
-        async def work() -> dict[str, Any]:
-            body = _read_body(request, self.config.http.max_small_body)
-            return await self.handle(request, body, address)
+        async def work(body: bytes) -> tuple[dict[str, Any], str]:
+            return await self.handle(request, body, address), "ok"
 
-        d = Deferred.fromCoroutine(work())
         # A client that goes away cancels its long-poll (and its timers) at once.
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-
-        def succeeded(payload: dict[str, Any]) -> None:
-            if not finished:
-                _json_response(request, 200, payload)
-            self._log(200, "ok", started)
-
-        def failed(failure: Failure) -> None:
-            if failure.check(CancelledError):
-                self._log(499, "client went away", started)
-                return
-            status, detail = error_status(failure)
-            if not finished:
-                _json_response(request, status, {"error": detail})
-            self._log(status, detail, started)
-
-        d.addCallbacks(succeeded, failed)
-        return NOT_DONE_YET
-
-    def _log(self, status: int, detail: str, started: float) -> None:
-        log.info("{endpoint} {status} {detail} {ms:.1f}ms", endpoint=self.endpoint,
-                  status=status, detail=detail, ms=1000 * (time.monotonic() - started))
+        return serve(request, work, endpoint=self.endpoint,
+                     max_body=self.config.http.max_small_body, replies=_REPLIES,
+                     logger=log, cancel_on_disconnect=True)
 
 
 class JoinResource(_JSONResource):
@@ -125,9 +95,12 @@ class JoinResource(_JSONResource):
         self.staple_port = staple_port
 
     def staple_address(self, request: Request) -> str:
+        """`staple_address` if set, else the local address this HTTP connection arrived on
+        with the staple port; never a request header (a sender could name any host in its
+        Host header, and the relay would send the recipient there)."""
         if self.config.rendezvous.staple_address:
             return self.config.rendezvous.staple_address
-        host = request.getRequestHostname().decode("ascii", "replace")
+        host = request.getHost().host.split("%", 1)[0]
         if ":" in host:
             host = f"[{host}]"
         port = self.staple_port()

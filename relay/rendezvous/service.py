@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 
 from relay.config import RelayConfig
@@ -15,55 +13,20 @@ from relay.rendezvous.http import make_resources
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.staple import StapleListener
 from relay.store import Store
+from relay.web.listen import ListeningService
 
-log = Logger(namespace="relay.staple")
 
-
-class StapleService(Service):
-    """Listens on config.rendezvous.staple_endpoint; knows its port once listening."""
+class StapleService(ListeningService):
+    """Listens on config.rendezvous.staple_endpoint; knows its port once listening. Binds
+    in privilegedStartService; a port that cannot be bound stops the relay at start."""
 
     def __init__(self, endpoint: str, listener: StapleListener, reactor: Any) -> None:
-        self.endpoint = endpoint
+        super().__init__("staple connections", endpoint, listener, reactor)
         self.listener = listener
-        self.reactor = reactor
-        self.port: Any = None
-        self._listening: list[Deferred] = []
-
-    def port_number(self) -> int | None:
-        return None if self.port is None else self.port.getHost().port
-
-    def when_listening(self) -> Deferred:
-        """Fires with the listening port (at once if listening already)."""
-        if self.port is not None:
-            return succeed(self.port)
-        d: Deferred = Deferred()
-        self._listening.append(d)
-        return d
-
-    def startService(self) -> None:
-        super().startService()
-        d = serverFromString(self.reactor, self.endpoint).listen(self.listener)
-
-        def listening(port: Any) -> None:
-            self.port = port
-            waiting, self._listening = self._listening, []
-            for waiter in waiting:
-                waiter.callback(port)
-
-        def failed(failure: Any) -> None:
-            waiting, self._listening = self._listening, []
-            for waiter in waiting:
-                waiter.errback(failure)
-            if not waiting:
-                log.failure("the staple listener could not start", failure)
-
-        d.addCallbacks(listening, failed)
 
     def stopService(self) -> Deferred | None:
-        super().stopService()
         self.listener.drop_all()
-        port, self.port = self.port, None
-        return port.stopListening() if port is not None else None
+        return super().stopService()
 
 
 class RegistryService(Service):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from io import BytesIO
+from typing import Any
 
 from twisted.web import http, server
 
 from relay.config import HTTPConfig
+from relay.web.channel import ChannelLimits, RelayChannel
+from relay.web.guard import BodyBudget, ConnectionGuard, DescriptorGuard, RefusalLog
 
 _TOO_LARGE = (b"HTTP/1.1 413 Request Entity Too Large\r\n"
               b"Content-Length: 0\r\nAccess-Control-Allow-Origin: *\r\n"
@@ -41,10 +44,12 @@ class CappedRequest(server.Request):
     def _refuse(self) -> None:
         self._refused = True
         self.content = BytesIO()
-        transport = self.channel.transport if self.channel else None
-        if transport is not None:
-            transport.write(_TOO_LARGE)
-            transport.loseConnection()
+        channel = self.channel
+        if isinstance(channel, RelayChannel):
+            channel.close_with(_TOO_LARGE)
+        elif channel is not None and channel.transport is not None:
+            channel.transport.write(_TOO_LARGE)
+            channel.transport.loseConnection()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
@@ -53,11 +58,26 @@ class CappedRequest(server.Request):
 
 
 class RelaySite(server.Site):
-    """A Site with capped bodies, an idle timeout, and no access log of its own (the
-    resources log each request's outcome without anything secret)."""
+    """A Site with capped bodies, RelayChannel's deadlines and bounded output, admission
+    caps (relay.web.guard), and no access log of its own (the resources log each request's
+    outcome without anything secret)."""
 
-    def __init__(self, resource, config: HTTPConfig, reactor=None) -> None:
-        super().__init__(resource, timeout=config.request_timeout, reactor=reactor)
+    protocol = RelayChannel
+
+    def __init__(self, resource, config: HTTPConfig, reactor=None,
+                 guard: ConnectionGuard | None = None) -> None:
+        # No Twisted timeout: RelayChannel keeps its own (see relay.web.channel).
+        super().__init__(resource, timeout=None, reactor=reactor)
+        self.config = config
+        self.limits = ChannelLimits.from_config(config)
+        if guard is None:
+            guard = ConnectionGuard(
+                config.max_connections, config.max_connections_per_client,
+                DescriptorGuard.for_this_process(config.descriptor_reserve),
+                RefusalLog(self.reactor, "HTTP"))
+        self.guard = guard
+        self.cuts = RefusalLog(self.reactor, "HTTP")  # requests cut short
+        self.bodies = BodyBudget(config.max_buffered_bodies)
         # Bodies are base64 lines or JSON, never forms: skip Twisted's Content-Type parsing
         # (through the email package: a tenth of a handshake request's cost). Twisted reads
         # this per request; older versions have no such parsing to skip.
@@ -68,6 +88,21 @@ class RelaySite(server.Site):
             max_body = cap
 
         self.requestFactory = _Request
+
+    def buildProtocol(self, addr: Any) -> RelayChannel:
+        channel: RelayChannel = super().buildProtocol(addr)  # type: ignore[assignment]
+        channel.limits = self.limits
+        channel.clock = self.reactor
+        channel.guard = self.guard
+        channel.client_key = self.config.client_key
+        channel.cuts = self.cuts
+        channel.bodies = self.bodies
+        return channel
+
+    def stopFactory(self) -> None:
+        self.guard.refusals.stop()
+        self.cuts.stop()
+        super().stopFactory()
 
     def log(self, request: http.Request) -> None:
         pass

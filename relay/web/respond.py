@@ -1,11 +1,16 @@
-"""Running a coroutine per request and ending it with a status, logged without secrets."""
+"""The one way a request is run: body cap, the work as a coroutine, cancellation when the
+client goes away, error mapping, and a log line without secrets. Each API keeps its own
+reply format (a `Replies`): the mailbox answers text with X-Error-Details on errors, the
+rendezvous answers JSON. The connection's deadlines live in relay.web.channel."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
-from twisted.internet.defer import Deferred
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
@@ -14,6 +19,8 @@ from relay.store.errors import StoreFull, StoreUnavailable
 from relay.web.errors import HTTPError
 
 log = Logger(namespace="relay.http")
+
+T = TypeVar("T")
 
 
 def set_common_headers(request: Request) -> None:
@@ -24,7 +31,7 @@ def set_common_headers(request: Request) -> None:
 def error_status(failure: Failure) -> tuple[int, str]:
     """The status and detail for an exception; unexpected ones are logged in full."""
     error = failure.value
-    if isinstance(error, HTTPError):
+    if isinstance(error, HTTPError):  # ChannelError too
         return error.status, error.details
     if isinstance(error, StoreFull):
         return 507, str(error)
@@ -34,43 +41,91 @@ def error_status(failure: Failure) -> tuple[int, str]:
     return 500, "internal error"
 
 
-def respond_later(request: Request, work: Callable[[], Awaitable[tuple[bytes, str]]],
-                  endpoint: str, content_type: bytes = b"text/plain") -> object:
-    """Run work() (returning (body, log detail)); finish the request with its outcome.
+def read_body(request: Request, cap: int) -> bytes:
+    """The request's body; 413 if over `cap` (CappedRequest refuses most such bodies before
+    they arrive; this covers a site with a larger cap than the endpoint's)."""
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    body = content.read(cap + 1)
+    if len(body) > cap:
+        raise HTTPError(413, "request body too large")
+    return body
 
-    Errors end with an empty body and an X-Error-Details header, as Zax clients expect.
+
+@attrs.frozen
+class Replies(Generic[T]):
+    """How one API writes its answers: `ok(request, result)` and
+    `error(request, status, detail)` set status, headers and body (not finish)."""
+
+    ok: Callable[[Request, T], bytes]
+    error: Callable[[Request, int, str], bytes]
+
+
+def serve(request: Request, work: Callable[[bytes], Awaitable[tuple[T, str]]], *,
+          endpoint: str, max_body: int, replies: Replies[T], logger: Logger = log,
+          cancel_on_disconnect: bool = False) -> object:
+    """Run work(body) -> (result, what to log) and finish the request with its outcome.
+
+    With cancel_on_disconnect a client that goes away cancels the work at once (a
+    long-poll and its timers); without it, the work runs to its end (a store update must
+    not stop half way) and its answer is dropped.
     """
     started = time.monotonic()
-    finished = []
+    finished: list = []
     request.notifyFinish().addBoth(finished.append)
 
-    def succeeded(result: tuple[bytes, str]) -> None:
-        body, detail = result
-        _finish(request, finished, 200, body, content_type)
-        _log(endpoint, 200, detail, started)
+    try:
+        d = Deferred.fromCoroutine(work(read_body(request, max_body)))
+    except HTTPError:
+        d = fail()
+    if cancel_on_disconnect and not d.called:
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+
+    def succeeded(outcome: tuple[T, str]) -> None:
+        result, detail = outcome
+        if not finished:
+            _finish(request, replies.ok(request, result))
+        _log(logger, endpoint, 200, detail, started)
 
     def failed(failure: Failure) -> None:
+        if finished and failure.check(CancelledError):
+            _log(logger, endpoint, 499, "client went away", started)
+            return
         status, detail = error_status(failure)
-        request.setHeader(b"X-Error-Details", detail.encode("ascii", "replace"))
-        _finish(request, finished, status, b"", content_type)
-        _log(endpoint, status, detail, started)
+        if not finished:
+            request.setResponseCode(status)
+            _finish(request, replies.error(request, status, detail))
+        _log(logger, endpoint, status, detail, started)
 
-    Deferred.fromCoroutine(work()).addCallbacks(succeeded, failed)
+    d.addCallbacks(succeeded, failed)
     return NOT_DONE_YET
 
 
-def _finish(request: Request, finished: list, status: int, body: bytes,
-            content_type: bytes) -> None:
-    if finished:  # the client went away; there is no one to answer
-        return
-    request.setResponseCode(status)
+def _finish(request: Request, body: bytes) -> None:
     set_common_headers(request)
-    request.setHeader(b"Content-Type", content_type)
     request.setHeader(b"Content-Length", str(len(body)).encode())
     request.write(body)
     request.finish()
 
 
-def _log(endpoint: str, status: int, detail: str, started: float) -> None:
-    log.info("{endpoint} {status} {detail} {ms:.1f}ms", endpoint=endpoint, status=status,
-             detail=detail, ms=1000 * (time.monotonic() - started))
+def _log(logger: Logger, endpoint: str, status: int, detail: str, started: float) -> None:
+    logger.info("{endpoint} {status} {detail} {ms:.1f}ms", endpoint=endpoint, status=status,
+                detail=detail, ms=1000 * (time.monotonic() - started))
+
+
+def text_replies(content_type: bytes = b"text/plain") -> Replies[bytes]:
+    """Zax's format: the body as is; errors with an empty body and X-Error-Details."""
+
+    def ok(request: Request, body: bytes) -> bytes:
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", content_type)
+        return body
+
+    def error(request: Request, status: int, detail: str) -> bytes:
+        request.setHeader(b"X-Error-Details", detail.encode("ascii", "replace"))
+        request.setHeader(b"Content-Type", content_type)
+        return b""
+
+    return Replies(ok, error)
