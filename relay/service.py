@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from relay import __version__
 from relay.app import build_relay
 from relay.config import RelayConfig
+from relay.web.guard import DescriptorGuardedFactory, RefusalLog
 from relay.web.listen import ListenError, ListeningService, report_in_one_line
 from relay.web.request import RelaySite
 
@@ -26,6 +27,17 @@ class RelayService(MultiService):
         self.site = RelaySite(self.app.root, config.http, reactor=reactor)
         self.http = ListeningService("HTTP", config.http.endpoint, self.site, reactor)
         self.http.setServiceParent(self)
+        self._guard_staple_listener(reactor)
+
+    def _guard_staple_listener(self, reactor: Any) -> None:
+        """Staple connections take descriptors too: near the limit they are closed at once,
+        sharing the HTTP site's reserve, so neither listener can starve the other (or the
+        store) of descriptors."""
+        for service in self.app.services:
+            staple = getattr(service, "staple", None)
+            if staple is not None:
+                staple.factory = DescriptorGuardedFactory(
+                    staple.factory, self.site.guard.descriptors, RefusalLog(reactor, "staple"))
 
     def privilegedStartService(self) -> None:
         # Listeners bind here, before twistd's --uid drops root; one that cannot bind stops

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
-from relay.store.errors import StoreFull, StoreUnavailable
+from relay.store.errors import StoreFull, StoreRateLimited, StoreUnavailable
 from relay.web.errors import HTTPError
 
 log = Logger(namespace="relay.http")
@@ -33,6 +33,8 @@ def error_status(failure: Failure) -> tuple[int, str]:
     error = failure.value
     if isinstance(error, HTTPError):  # ChannelError too
         return error.status, error.details
+    if isinstance(error, StoreRateLimited):
+        return 429, str(error)
     if isinstance(error, StoreFull):
         return 507, str(error)
     if isinstance(error, StoreUnavailable):
