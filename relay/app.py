@@ -16,6 +16,7 @@ from relay.config import RelayConfig
 from relay.mailbox.commands import CommandProcessor
 from relay.mailbox.resource import build_mailbox
 from relay.store import Store, open_store
+from relay.usage import UsageLog
 from relay.web.root import RelayRoot
 
 
@@ -27,20 +28,40 @@ class RelayApp:
     processor: CommandProcessor
     # Background services (store sweeps and connections, file cleanup, staple listener).
     services: list[IService]
+    # Figures logged at intervals; relay.service adds the HTTP site's.
+    usage: UsageLog
 
 
 def build_relay(config: RelayConfig, reactor: Any, store: Store | None = None) -> RelayApp:
     store = store or open_store(config, reactor)
-    children, processor = build_mailbox(config, store, reactor)
+    children, processor, handshake = build_mailbox(config, store, reactor)
     services: list[IService] = [store.service]
+    usage = UsageLog()
+    usage.add("store", store.usage)
+    usage.add("pow", lambda: {"difficulty": handshake.difficulty.current(),
+                              "handshakes_per_s": handshake.difficulty.rate()})
     if config.files.enabled:
         from relay.files import install_file_api
 
         services += install_file_api(config, store, processor, reactor)
+        usage.add("files", lambda: _file_usage(store))
     if config.rendezvous.enabled:
         from relay.rendezvous.service import make_rendezvous
 
         rendezvous_children, rendezvous_service = make_rendezvous(config, store, reactor)
         children.update(rendezvous_children)
         services.append(rendezvous_service)
-    return RelayApp(config, store, RelayRoot(children), processor, services)
+        usage.add("rendezvous", lambda: _rendezvous_usage(rendezvous_service))
+    if config.store.usage_log_interval > 0:
+        services.append(usage.make_service(config.store.usage_log_interval, reactor))
+    return RelayApp(config, store, RelayRoot(children), processor, services, usage)
+
+
+async def _file_usage(store: Store) -> dict[str, int]:
+    return {"bytes": await store.files.usage(), "reserved": await store.files.reserved()}
+
+
+def _rendezvous_usage(service: Any) -> dict[str, int]:
+    listener = service.staple.listener
+    return {"waits": service.registry.waiting(), "pairs": len(listener.pairs),
+            "unpaired": len(listener.unpaired)}

@@ -151,6 +151,9 @@ class StoreConfig:
     # Memory store: handshakes in progress at once (each lives token_timeout; 507 beyond).
     # A bound on their memory (~0.5 KiB each) whatever the number of clients.
     memory_max_handshakes: int = attrs.field(default=200_000, validator=_positive_int)
+    # How often one line of usage (bytes held, reservations, difficulty, waits, pairs,
+    # connections) is logged; 0: never.
+    usage_log_interval: float = attrs.field(default=300.0, validator=_non_negative)
     # How often the memory store sweeps out expired entries.
     sweep_interval: float = attrs.field(default=30.0, validator=_positive)
     # Redis: uploads are refused (507) once Redis's used_memory reaches this share of its

@@ -28,6 +28,7 @@ class RelayService(MultiService):
         self.http = ListeningService("HTTP", config.http.endpoint, self.site, reactor)
         self.http.setServiceParent(self)
         self._guard_staple_listener(reactor)
+        self.app.usage.add("http", lambda: {"connections": self.site.guard.total})
 
     def _guard_staple_listener(self, reactor: Any) -> None:
         """Staple connections take descriptors too: near the limit they are closed at once,

@@ -68,8 +68,9 @@ async def _command_step(processor: CommandProcessor, body: bytes,
 
 
 def build_mailbox(config: RelayConfig, store: Store, clock: IReactorTime
-                  ) -> tuple[dict[bytes, Resource], CommandProcessor]:
-    """The mailbox API's children of the root, and the processor file commands plug into."""
+                  ) -> tuple[dict[bytes, Resource], CommandProcessor, SessionHandshake]:
+    """The mailbox API's children of the root, the processor file commands plug into, and
+    the handshake (whose difficulty the usage log reads)."""
     handshake = SessionHandshake(config.mailbox, store, clock)
     processor = CommandProcessor(config.mailbox, store, clock)
     MessageCommands(config.mailbox, store).register(processor)
@@ -81,4 +82,4 @@ def build_mailbox(config: RelayConfig, store: Store, clock: IReactorTime
     for name in ("start_session", "verify_session", "prove"):
         step = partial(_handshake_step, getattr(handshake, name))
         children[name.encode()] = MailboxEndpoint(name, step, small, config.http)
-    return children, processor
+    return children, processor, handshake
