@@ -307,8 +307,8 @@ def slow_bodies(ctx: Context, count: int = 300, announced: int = 1 * MIB,
 
 
 # What the relay logs when it refuses connections at a limit (fds or max_connections).
-LIMIT_LOG = re.compile(r"EMFILE|Too many open files|refusing \w+ connections|"
-                       r"refused \d+ \w+ connections", re.IGNORECASE)
+LIMIT_LOG = re.compile(r"EMFILE|Too many open files|closing \w+ connections|"
+                       r"closed \d+ \w+ connections", re.IGNORECASE)
 
 
 def connection_flood(ctx: Context, count: int = 1200, addresses: int = 40,
