@@ -295,7 +295,7 @@ async def test_listeners_bind_in_privileged_start_service(tmp_path):
         "files": {"enabled": False},
         "rendezvous": {"staple_endpoint": "tcp:0:interface=127.0.0.1"}})
     service = RelayService(config, reactor)
-    rendezvous = service.app.services[-1]
+    rendezvous = next(s for s in service.app.services if hasattr(s, "staple"))
     service.privilegedStartService()
     try:
         assert service.http.port_number()
