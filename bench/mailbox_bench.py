@@ -165,7 +165,10 @@ def main() -> None:
         for store in args.stores:
             # Every worker's mailbox receives all its uploads, all workers share one network:
             # lift the caps and quotas out of reach (they are still checked on every upload).
-            config = ("[mailbox]\nmax_messages = 1000000\n" + QUOTAS_OUT_OF_REACH +
+            # Handshakes too come from one network as fast as they can: no per-client handshake
+            # limit, and a fixed difficulty 0 (adaptive, the flood would raise it).
+            config = ("[mailbox]\nmax_messages = 1000000\nhandshake_rate_per_client = 0\n"
+                      "max_difficulty = 0\n" + QUOTAS_OUT_OF_REACH +
                       "[store]\nmemory_max_bytes = 4294967296\n")
             with store_url(store, tmp_path, append_only=True) as url, \
                     relay(tmp_path, config, "--store", url, "--files-dir", tmp) as (process, port):
