@@ -12,13 +12,13 @@ import time
 
 import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, gatherResults
 
 from relay.store.errors import StoreFull, StoreRateLimited
 from relay.store.interfaces.sessions import Handshake, Session
 from relay.store.quota import MESSAGE_OVERHEAD, MessageQuota
+from tests.store_models import model_test
 
 SHORT_TTL = 0.3
 # Comfortably past SHORT_TTL, so Redis's expiry (ms precision) has surely happened.
@@ -410,22 +410,10 @@ async def check_mailbox_against_model(mailbox, operations) -> None:
         assert left >= LONG_TTL - 1 if msg_id in model else left == -2
 
 
-def _model_test(kind: str):
-    # One function object per store kind: pytest-twisted's hypothesis support wraps the
-    # test function in place, which breaks when one function is parametrized twice.
-    @pytest.mark.parametrize("store_kind", [kind])
-    @settings(max_examples=40, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(operations=_operations)
-    @pytest_twisted.ensureDeferred
-    async def test(store_factory, operations):
-        await check_mailbox_against_model(store_factory.mailbox, operations)
-
-    return test
-
-
-test_memory_mailbox_matches_a_model = _model_test("memory")
-test_redis_mailbox_matches_a_model = _model_test("redis")
+test_memory_mailbox_matches_a_model = model_test("memory", _operations,
+                                                 check_mailbox_against_model, "mailbox")
+test_redis_mailbox_matches_a_model = model_test("redis", _operations,
+                                                check_mailbox_against_model, "mailbox")
 
 
 # -- quotas -----------------------------------------------------------------------------------
@@ -646,17 +634,7 @@ async def check_quotas_against_model(mailbox, operations) -> None:
                 [row[3] for key, row in model.items() if key[0] == box]
 
 
-def _quota_model_test(kind: str):
-    @pytest.mark.parametrize("store_kind", [kind])
-    @settings(max_examples=60, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(operations=_quota_operations)
-    @pytest_twisted.ensureDeferred
-    async def test(store_factory, operations):
-        await check_quotas_against_model(store_factory.mailbox, operations)
-
-    return test
-
-
-test_memory_quotas_match_a_model = _quota_model_test("memory")
-test_redis_quotas_match_a_model = _quota_model_test("redis")
+test_memory_quotas_match_a_model = model_test("memory", _quota_operations,
+                                              check_quotas_against_model, "mailbox", 60)
+test_redis_quotas_match_a_model = model_test("redis", _quota_operations,
+                                             check_quotas_against_model, "mailbox", 60)

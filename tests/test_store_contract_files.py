@@ -15,7 +15,7 @@ import time
 import attrs
 import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event
 from hypothesis import strategies as st
 
 from relay.files.disk import DiskChunkStore
@@ -31,6 +31,7 @@ from relay.store.interfaces.files import (
     PutOutcome,
     PutRequest,
 )
+from tests.store_models import model_test
 
 LONG = 3600.0
 SHORT = 0.3
@@ -536,21 +537,10 @@ async def _run_model(files, operations, ids, senders, clients, model) -> None:
         assert (await files.usage(), await files.reserved()) == model_sums(model, set(range(4)))
 
 
-def _model_test(kind: str):
-    # One function object per store kind (see tests/test_store_contract.py).
-    @pytest.mark.parametrize("store_kind", [kind])
-    @settings(max_examples=40, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(operations=_model_operations)
-    @pytest_twisted.ensureDeferred
-    async def test(store_factory, operations):
-        await check_files_against_model(store_factory.files, operations)
-
-    return test
-
-
-test_memory_files_match_the_model = _model_test("memory")
-test_redis_files_match_the_model = _model_test("redis")
+test_memory_files_match_the_model = model_test("memory", _model_operations,
+                                               check_files_against_model, "files")
+test_redis_files_match_the_model = model_test("redis", _model_operations,
+                                              check_files_against_model, "files")
 
 
 @pytest_twisted.ensureDeferred
