@@ -203,3 +203,16 @@ async def test_stopping_during_an_outage_is_clean(server):
         await deferLater(reactor, 0.01)
     else:
         pytest.fail("connections to Redis left open")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_reactor_is_not_taken_for_a_stuck_redis(store):
+    """The relay's own stall (a burst of requests being taken in) outlasts the operation
+    timeout while Redis's answers wait in the sockets: the calls still succeed, and the pool
+    keeps its connections."""
+    await a_write(store)  # connected
+    calls = [Deferred.fromCoroutine(store.sessions.claim_nonce(os.urandom(24), LONG_TTL))
+             for _ in range(40)]
+    reactor.callLater(0, time.sleep, TIMEOUT + 0.6)  # blocks the reactor past the timeout
+    assert await gatherResults(calls) == [True] * 40
+    assert backend_of(store).pool.live_count == 4

@@ -79,14 +79,25 @@ _CONNECTION_ERRORS = (txredisapi.ConnectionError, txredisapi.InvalidResponse,
                       net_error.ConnectError)
 
 
-class _Call:
-    """One run() in progress: the connection it uses, and whether its time ran out."""
+# When an operation's timer fires this much later than it was due, the reactor itself was
+# stalled (a burst of requests being taken in), and Redis's answer may be waiting unread in
+# the socket: the call gets LATE_GRACE more seconds, once, so that the next reactor turn
+# reads it. A timeout measures Redis, not our own stall.
+LATE_BY = 0.2
+LATE_GRACE = 0.5
 
-    __slots__ = ("connection", "timed_out")
+
+class _Call:
+    """One run() in progress: the connection it uses, its timer, whether its time ran out."""
+
+    __slots__ = ("connection", "timed_out", "timer", "due", "graced")
 
     def __init__(self) -> None:
         self.connection: Any = None
         self.timed_out = False
+        self.timer: Any = None
+        self.due = 0.0
+        self.graced = False
 
 
 class RedisBackend:
@@ -128,8 +139,9 @@ class RedisBackend:
         call = _Call()
         self.pending_calls += 1
         attempt = Deferred.fromCoroutine(self._call(fn, call))
-        timer = self.clock.callLater(self.config.operation_timeout, self._time_out,
-                                     attempt, call)
+        call.due = self.clock.seconds() + self.config.operation_timeout
+        call.timer = self.clock.callLater(self.config.operation_timeout, self._time_out,
+                                          attempt, call)
         try:
             return await attempt
         except CancelledError:
@@ -143,8 +155,8 @@ class RedisBackend:
             raise StoreUnavailable(f"lost the connection to Redis: {e}") from None
         finally:
             self.pending_calls -= 1
-            if timer.active():
-                timer.cancel()
+            if call.timer.active():
+                call.timer.cancel()
 
     async def _call(self, fn: Callable[[Any], Any], call: _Call) -> Any:
         connection = self.pool.pick()
@@ -157,6 +169,10 @@ class RedisBackend:
         return result
 
     def _time_out(self, attempt: Deferred, call: _Call) -> None:
+        if not call.graced and self.clock.seconds() - call.due > LATE_BY:
+            call.graced = True
+            call.timer = self.clock.callLater(LATE_GRACE, self._time_out, attempt, call)
+            return
         call.timed_out = True
         attempt.cancel()
         # A connection that let a command go unanswered that long is stuck (a hung or
