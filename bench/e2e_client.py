@@ -2,7 +2,7 @@
 """End-to-end client benchmark: `relay send` -> `relay receive` of a big file through a local
 relay, next to the same relay's raw stapled throughput (the bench kit), in one run.
 
-    /tmp/venv/bin/python bench/e2e_client.py [--size 1G] [--runs 3] [--out DIR]
+    .venv/bin/python bench/e2e_client.py [--size 1G] [--runs 3] [--out DIR]
 
 One `twistd relay` (memory store, splice data path) on free loopback ports serves both parts:
 1. the kit's throughput.py through the staple handshake plug-in (bench/staple_handshake.py):
@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KIT = Path(os.environ.get("KIT", "/work/shared/bench-kit"))
+# The loopback bench kit (transit relay and socat runners); its folder is given by $KIT.
+KIT = Path(os.environ.get("KIT", "bench-kit"))
 CODE_LINE = re.compile(r"Code phrase: (\S+)")
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
 
@@ -179,7 +180,7 @@ def main() -> None:
     parser.add_argument("--size", default="1G")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path,
-                        default=Path(f"/tmp/bench-e2e/{time.strftime('%Y%m%d-%H%M%S')}"))
+                        default=Path(tempfile.gettempdir()) / f"bench-e2e-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     size = parse_size(args.size)

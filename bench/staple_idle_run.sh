@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Idle pairs and 1 GiB throughput in one session: the transit relay, socat, our relay as
 # committed at BEFORE (default HEAD, for before/after comparisons) and our relay in this tree.
-# Results: $OUT/summary.md (one directory per relay under $OUT). Needs /tmp/venv (relay),
-# /tmp/venv-transit (pip install magic-wormhole-transit-relay) and socat. PAIRS up to about
+# Results: $OUT/summary.md (one directory per relay under $OUT). Needs the checkout's .venv (relay, or $PY_RELAY),
+# a transit-relay venv (pip install magic-wormhole-transit-relay) and socat. PAIRS up to about
 # 9,990 with the sandbox's RLIMIT_NOFILE of 20,000 (2 sockets per pair on each side).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-KIT=${KIT:-/work/shared/bench-kit}
-PY_RELAY=${PY_RELAY:-/tmp/venv/bin/python}
-export OUT=${OUT:-/tmp/bench-rendezvous/idle-$(date +%Y%m%d-%H%M%S)}
+KIT=${KIT:?set KIT to the loopback bench kit folder}
+PY_RELAY=${PY_RELAY:-$HERE/../.venv/bin/python}
+export OUT=${OUT:-${TMPDIR:-/tmp}/bench-rendezvous/idle-$(date +%Y%m%d-%H%M%S)}
 RUNS=${RUNS:-5} PAIRS=${PAIRS:-"1000 5000 9990"} BEFORE_PAIRS=${BEFORE_PAIRS:-"1000 5000"}
 BEFORE=${BEFORE:-HEAD}
 HTTP_PORT=${HTTP_PORT:-4100}

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Live rendezvous benchmark: our relay (splice and copy data paths) side by side with the
 # magic-wormhole transit relay, socat and a direct connection, in one session, with the
-# bench kit. Results: $OUT/summary.md (and JSONL). Needs /tmp/venv (relay), /tmp/venv-transit
+# bench kit. Results: $OUT/summary.md (and JSONL). Needs the checkout's .venv (relay, or $PY_RELAY), a transit-relay venv
 # (pip install magic-wormhole-transit-relay) and socat.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-KIT=${KIT:-/work/shared/bench-kit}
-PY_RELAY=${PY_RELAY:-/tmp/venv/bin/python}
-export OUT=${OUT:-/tmp/bench-rendezvous/$(date +%Y%m%d-%H%M%S)}
+KIT=${KIT:?set KIT to the loopback bench kit folder}
+PY_RELAY=${PY_RELAY:-$HERE/../.venv/bin/python}
+export OUT=${OUT:-${TMPDIR:-/tmp}/bench-rendezvous/$(date +%Y%m%d-%H%M%S)}
 export RUNS=${RUNS:-3} SIZES=${SIZES:-"64M 1G"} PAIRS=${PAIRS:-"1000 5000 9990"}
 HTTP_PORT=${HTTP_PORT:-4100}
 export STAPLE_HTTP=http://127.0.0.1:$HTTP_PORT

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from twisted.logger import Logger
@@ -46,7 +47,7 @@ def bits_for_rate(rate: float, target: float) -> int:
     return math.ceil(math.log2(rate / target))
 
 
-class _Buckets:
+class _Buckets(ABC):
     """Two fixed buckets of `window` seconds: the current one and the one before. The count
     over the last `window` seconds is the current bucket plus the part of the previous one
     still inside the window (the usual sliding-window estimate: O(1), no per-event memory)."""
@@ -72,8 +73,9 @@ class _Buckets:
         into_current = now / self.window - self.epoch
         return min(1.0, max(0.0, 1.0 - into_current))
 
+    @abstractmethod
     def _rotate(self, adjacent: bool) -> None:
-        raise NotImplementedError
+        """Start a new current bucket (keeping the old one as previous if adjacent)."""
 
 
 class SlidingRate(_Buckets):
