@@ -196,7 +196,16 @@ class _DescriptorGuardedProtocol(ProtocolWrapper):
             factory.refusals.refused(_REASONS["descriptors"])
             self._refused = True
             self.transport = transport
-            transport.abortConnection()
+            # Closed on the spot, as HTTP refusals are: a flood within one accept batch
+            # must not reach EMFILE (see relay.web.channel.close_now).
+            from twisted.internet import tcp
+
+            from relay.web.channel import close_now
+
+            if isinstance(transport, tcp.Connection):
+                close_now(transport, b"")
+            else:
+                transport.abortConnection()
             return
         super().makeConnection(transport)
 
