@@ -2,7 +2,7 @@
 
 A channel is created by its sender, joined once by a recipient, carries the write-once PAKE
 slots (x, then y with hh_k, then h_k), is marked stapled by the staple listener and closed by
-either peer. Every refusal is a ChannelError with the HTTP status of the design; a refused
+either peer. Every refusal is a ChannelError naming why (relay.rendezvous.errors); a refused
 operation returns no new state, so nothing is stored.
 """
 
@@ -16,7 +16,13 @@ from typing import Any
 import attrs
 
 from relay.crypto import b64decode, b64encode
-from relay.web.errors import HTTPError
+from relay.rendezvous.errors import (
+    NotOwner,
+    NotPermitted,
+    OutOfTurn,
+    UnknownChannel,
+    WrongUUID,
+)
 
 CURVE = "ed25519"
 SENDER = "sender"
@@ -39,14 +45,6 @@ NAME_LENGTH = 8
 # words), so a name is always the first component of a code phrase.
 NAME_MIN, NAME_MAX = 4, 64
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
-
-
-class ChannelError(HTTPError):
-    """A refused channel operation, with the HTTP status the design gives it."""
-
-    @property
-    def message(self) -> str:
-        return self.details
 
 
 def valid_name(name: Any) -> bool:
@@ -129,23 +127,23 @@ def _admit(channel: Channel, address: str) -> tuple[str, ...]:
     if address in channel.addresses:
         return channel.addresses
     if len(channel.addresses) >= MAX_ADDRESSES:
-        raise ChannelError(403, "channel is full: two client addresses already use it")
+        raise NotPermitted("channel is full: two client addresses already use it")
     return channel.addresses + (address,)
 
 
 def live(channel: Channel | None, now: float) -> Channel:
     if channel is None or channel.expired(now):
-        raise ChannelError(404, "unknown channel")
+        raise UnknownChannel("unknown channel")
     return channel
 
 
 def join_recipient(channel: Channel | None, uuid: bytes, address: str, now: float) -> Channel:
     channel = live(channel, now)
     if channel.closed:
-        raise ChannelError(404, "unknown channel")
+        raise UnknownChannel("unknown channel")
     addresses = _admit(channel, address)
     if channel.recipient_uuid is not None:
-        raise ChannelError(409, "the recipient role is already taken")
+        raise OutOfTurn("the recipient role is already taken")
     return attrs.evolve(channel, recipient_uuid=uuid, addresses=addresses)
 
 
@@ -154,7 +152,7 @@ def authenticate(channel: Channel | None, uuid: bytes, address: str, now: float)
     anything, not even whether its uuid is right)."""
     channel = live(channel, now)
     if address not in channel.addresses:
-        raise ChannelError(403, "this address has not joined the channel")
+        raise NotPermitted("this address has not joined the channel")
     # Both comparisons always run, in constant time.
     is_sender = hmac.compare_digest(uuid, channel.sender_uuid)
     is_recipient = hmac.compare_digest(uuid, channel.recipient_uuid or bytes(UUID_LEN))
@@ -162,7 +160,7 @@ def authenticate(channel: Channel | None, uuid: bytes, address: str, now: float)
         return SENDER
     if is_recipient and channel.recipient_uuid is not None:
         return RECIPIENT
-    raise ChannelError(401, "wrong uuid")
+    raise WrongUUID("wrong uuid")
 
 
 @attrs.frozen
@@ -191,28 +189,28 @@ def apply_write(channel: Channel, role: str, write: Write, now: float) -> Channe
         return attrs.evolve(channel, closed=True,
                             expires_at=min(channel.expires_at, now + CLOSED_GRACE))
     if channel.closed:
-        raise ChannelError(409, "channel is closed")
+        raise OutOfTurn("channel is closed")
     if write.x is not None:
         if role != SENDER:
-            raise ChannelError(403, "only the sender writes x")
+            raise NotPermitted("only the sender writes x")
         if channel.x is not None:
-            raise ChannelError(409, "x is already written")
+            raise OutOfTurn("x is already written")
         return attrs.evolve(channel, x=write.x)
     if write.y is not None:
         if role != RECIPIENT:
-            raise ChannelError(403, "only the recipient writes y and hh_k")
+            raise NotPermitted("only the recipient writes y and hh_k")
         if channel.x is None:
-            raise ChannelError(409, "x is not written yet")
+            raise OutOfTurn("x is not written yet")
         if channel.y is not None:
-            raise ChannelError(409, "y is already written")
+            raise OutOfTurn("y is already written")
         return attrs.evolve(channel, y=write.y, hh_k=write.hh_k)
     assert write.h_k is not None
     if role != SENDER:
-        raise ChannelError(403, "only the sender writes h_k")
+        raise NotPermitted("only the sender writes h_k")
     if channel.y is None:
-        raise ChannelError(409, "y is not written yet")
+        raise OutOfTurn("y is not written yet")
     if channel.h_k is not None:
-        raise ChannelError(409, "h_k is already written")
+        raise OutOfTurn("h_k is already written")
     return attrs.evolve(channel, h_k=write.h_k)
 
 
@@ -221,13 +219,13 @@ def staple_check(channel: Channel | None, role: str, uuid: bytes, address: str,
     """May this TCP connection staple as role? (uuid, address, owner node, state)."""
     channel = live(channel, now)
     if channel.closed:
-        raise ChannelError(404, "channel is closed")
+        raise UnknownChannel("channel is closed")
     if authenticate(channel, uuid, address, now) != role:
-        raise ChannelError(401, "wrong uuid")
+        raise WrongUUID("wrong uuid")
     if channel.owner != owner:
-        raise ChannelError(421, "another node owns this channel")
+        raise NotOwner("another node owns this channel")
     if channel.stapled:
-        raise ChannelError(409, "channel is already stapled")
+        raise OutOfTurn("channel is already stapled")
     return channel
 
 
@@ -241,9 +239,9 @@ def mark_stapled(channel: Channel | None, now: float, lease: float | None = None
     pair keeps counting as an open channel, and a crashed node's channels still expire."""
     channel = live(channel, now)
     if channel.closed:
-        raise ChannelError(404, "channel is closed")
+        raise UnknownChannel("channel is closed")
     if channel.stapled:
-        raise ChannelError(409, "channel is already stapled")
+        raise OutOfTurn("channel is already stapled")
     expires_at = channel.expires_at if lease is None else now + lease
     return attrs.evolve(channel, stapled=True, x=None, y=None, hh_k=None, h_k=None,
                         expires_at=expires_at)

@@ -16,9 +16,20 @@ from twisted.web.server import Request
 
 from relay.config import RelayConfig
 from relay.crypto import b64encode
-from relay.rendezvous.channel import ChannelError
+from relay.rendezvous.errors import (
+    Busy,
+    ChannelError,
+    Malformed,
+    NotOwner,
+    NotPermitted,
+    OutOfTurn,
+    TooMany,
+    UnknownChannel,
+    WrongUUID,
+)
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.requests import parse_channel, parse_join
+from relay.web.errors import HTTPError
 from relay.web.respond import Replies, serve, set_common_headers
 
 log = Logger(namespace="relay.rendezvous")
@@ -37,6 +48,20 @@ def _json_ok(request: Request, payload: dict[str, Any]) -> bytes:
 
 def _json_error(request: Request, status: int, detail: str) -> bytes:
     return _json_body(request, {"error": detail})
+
+
+# The design's status code for each kind of refusal.
+HTTP_STATUS: dict[type[ChannelError], int] = {
+    Malformed: 400, WrongUUID: 401, NotPermitted: 403, UnknownChannel: 404, OutOfTurn: 409,
+    NotOwner: 421, TooMany: 429, Busy: 503,
+}
+
+
+def http_status(error: ChannelError) -> int:
+    for kind in type(error).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]
+    return 400
 
 
 _REPLIES: Replies[dict[str, Any]] = Replies(_json_ok, _json_error)
@@ -78,7 +103,10 @@ class _JSONResource(Resource):
         address = request.getClientAddress().host
 
         async def work(body: bytes) -> tuple[dict[str, Any], str]:
-            return await self.handle(request, body, address), "ok"
+            try:
+                return await self.handle(request, body, address), "ok"
+            except ChannelError as refusal:
+                raise HTTPError(http_status(refusal), refusal.message) from None
 
         # A client that goes away cancels its long-poll (and its timers) at once.
         return serve(request, work, endpoint=self.endpoint,
@@ -105,7 +133,7 @@ class JoinResource(_JSONResource):
             host = f"[{host}]"
         port = self.staple_port()
         if port is None:
-            raise ChannelError(503, "the staple listener is not running")
+            raise Busy("the staple listener is not running")
         return f"{host}:{port}"
 
     async def handle(self, request: Request, body: bytes, address: str) -> dict[str, Any]:

@@ -20,7 +20,15 @@ from twisted.internet.interfaces import IReactorTime
 
 from relay.config import RendezvousConfig
 from relay.rendezvous import channel as sm
-from relay.rendezvous.channel import Channel, ChannelError
+from relay.rendezvous.channel import Channel
+from relay.rendezvous.errors import (
+    Busy,
+    ChannelError,
+    NotPermitted,
+    OutOfTurn,
+    TooMany,
+    UnknownChannel,
+)
 from relay.rendezvous.requests import ChannelRequest, JoinRequest
 from relay.rendezvous.waits import Waits
 from relay.store.errors import StoreUnavailable
@@ -54,9 +62,9 @@ class ChannelRegistry:
     def _admitted(self, client: str) -> Iterator[None]:
         """Count one request of client in flight; 429 / 503 over the wait caps."""
         if self._in_flight.get(client, 0) >= self.config.max_waits_per_client:
-            raise ChannelError(429, "too many requests in flight from this network")
+            raise TooMany("too many requests in flight from this network")
         if self._in_flight_total >= self.config.max_waits:
-            raise ChannelError(503, "the relay is busy; try again shortly")
+            raise Busy("the relay is busy; try again shortly")
         self._in_flight[client] = self._in_flight.get(client, 0) + 1
         self._in_flight_total += 1
         try:
@@ -97,7 +105,7 @@ class ChannelRegistry:
             new = change(current, now)
             if new is None or current is None:
                 if current is None:
-                    raise ChannelError(404, "unknown channel")
+                    raise UnknownChannel("unknown channel")
                 return current
             if await self.store.replace(name, current.version, new.to_record(), new.ttl(now),
                                         self._creator(current)):
@@ -114,7 +122,7 @@ class ChannelRegistry:
         """One more join (or probe) of this client this minute; 429 beyond the budget."""
         hits = await self.store.count_hit(f"join:{client}", RATE_WINDOW)
         if hits > self.config.joins_per_ip_per_minute:
-            raise ChannelError(429, "too many joins from this network; try again in a minute")
+            raise TooMany("too many joins from this network; try again in a minute")
 
     # -- /join --------------------------------------------------------------------------
     async def join(self, request: JoinRequest, address: str,
@@ -147,11 +155,11 @@ class ChannelRegistry:
                                                   self.config.max_channels, client,
                                                   self.config.max_channels_per_client)
             except ClientChannelsFull:
-                raise ChannelError(429, "this network holds too many open channels") from None
+                raise TooMany("this network holds too many open channels") from None
             if created:
                 return Channel.from_record(channel.to_record(), 1), uuid
         if request.channel:
-            raise ChannelError(409, "the sender role is already taken")
+            raise OutOfTurn("the sender role is already taken")
         raise StoreUnavailable("no free channel name found")
 
     # -- /channel -----------------------------------------------------------------------
@@ -170,7 +178,7 @@ class ChannelRegistry:
                 role = sm.authenticate(current, request.uuid, address, now)
             except ChannelError as e:
                 # Unknown channel or an address that did not join it: a possible name probe.
-                probe.append(e.status in (403, 404))
+                probe.append(isinstance(e, (NotPermitted, UnknownChannel)))
                 raise
             assert current is not None
             roles.append(role)

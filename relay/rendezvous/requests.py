@@ -1,6 +1,6 @@
 """Parsing /join and /channel bodies: strict JSON objects, known keys, exact sizes.
 
-Anything malformed is a ChannelError(400) raised before any state is read or written.
+Anything malformed is a Malformed refusal (HTTP 400) raised before any state is read or written.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from relay.rendezvous.channel import (
     ROLES,
     TAG_LEN,
     UUID_LEN,
-    ChannelError,
     Write,
     valid_name,
 )
+from relay.rendezvous.errors import Malformed
 
 
 @attrs.frozen
@@ -41,8 +41,8 @@ class ChannelRequest:
     since: int | None
 
 
-def _bad(message: str) -> ChannelError:
-    return ChannelError(400, message)
+def _bad(message: str) -> Malformed:
+    return Malformed(message)
 
 
 def _object(body: bytes, allowed: frozenset[str]) -> dict[str, Any]:

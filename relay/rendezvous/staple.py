@@ -27,7 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relay.config import RendezvousConfig
-from relay.rendezvous.channel import ROLES, UUID_LEN, ChannelError, valid_name
+from relay.rendezvous.channel import ROLES, UUID_LEN, valid_name
+from relay.rendezvous.errors import ChannelError, OutOfTurn
 from relay.rendezvous.pipe import CopyPair, link
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.splice import PipePool, SplicePair
@@ -198,7 +199,7 @@ class StapleListener(Factory):
             return
         here = self.waiting.setdefault(name, {})
         if role in here:
-            raise ChannelError(409, "this role is already connected")
+            raise OutOfTurn("this role is already connected")
         here[role] = conn
         partner = here.get("recipient" if role == "sender" else "sender")
         if partner is None:

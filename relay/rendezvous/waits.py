@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from relay.config import RendezvousConfig
 from relay.rendezvous import channel as sm
-from relay.rendezvous.channel import Channel, ChannelError
+from relay.rendezvous.channel import Channel
+from relay.rendezvous.errors import Busy, ChannelError, TooMany, UnknownChannel
 from relay.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -163,15 +164,15 @@ class Waits:
     def add(self, interest: Interest, role: str, client: str, uuid: bytes, address: str,
             baseline: int, channel: Channel, seconds: float) -> Deferred[Channel]:
         """Wait until the channel's version exceeds baseline, it closes, or seconds pass;
-        fires with the channel then. Raises ChannelError (429/503) over the caps."""
+        fires with the channel then. Raises TooMany (this client) or Busy (the node) over the caps."""
         watch = interest.watch
         old = watch.waiters.get(role)
         freed = 1 if old is not None else 0
         freed_here = 1 if old is not None and old.client == client else 0
         if self.total - freed >= self.config.max_waits:
-            raise ChannelError(503, "too many long-polls on this relay; try again shortly")
+            raise Busy("too many long-polls on this relay; try again shortly")
         if self.by_client.get(client, 0) - freed_here >= self.config.max_waits_per_client:
-            raise ChannelError(429, "too many long-polls from this network")
+            raise TooMany("too many long-polls from this network")
         if old is not None:
             self._end(old, result=max(channel, old.channel, key=_version))
         waiter = _Waiter(watch, role, client, uuid, address, baseline, channel)
@@ -223,7 +224,7 @@ class Waits:
         now = self.clock.seconds()
         for waiter in list(watch.waiters.values()):
             if channel is None:
-                self._end(waiter, error=ChannelError(404, "unknown channel"))
+                self._end(waiter, error=UnknownChannel("unknown channel"))
                 continue
             try:
                 sm.authenticate(channel, waiter.uuid, waiter.address, now)

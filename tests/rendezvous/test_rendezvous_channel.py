@@ -16,7 +16,9 @@ from twisted.internet.task import Clock
 
 from relay.config import RendezvousConfig
 from relay.rendezvous import channel as sm
-from relay.rendezvous.channel import ChannelError, Write
+from relay.rendezvous.channel import Write
+from relay.rendezvous.errors import ChannelError
+from relay.rendezvous.http import http_status
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.requests import ChannelRequest, JoinRequest, parse_channel, parse_join
 from relay.store.errors import StoreFull
@@ -38,7 +40,7 @@ def fresh(now: float = 0.0) -> sm.Channel:
 def status(fn, *args) -> int:
     with pytest.raises(ChannelError) as e:
         fn(*args)
-    return e.value.status
+    return http_status(e.value)
 
 
 # -- the pure state machine -------------------------------------------------------------
@@ -137,12 +139,12 @@ async def test_registry_join_write_and_expiry():
     assert sm.valid_name(ch.name) and ch.staple == "h:1" and ch.version == 1
     with pytest.raises(ChannelError) as e:
         await registry.join(JoinRequest("sender", ch.name, "ed25519"), A, "h:1")
-    assert e.value.status == 409
+    assert http_status(e.value) == 409
     ch2, r_uuid = await registry.join(JoinRequest("recipient", ch.name, "ed25519"), B, "h:2")
     assert ch2.staple == "h:1" and ch2.version == 2
     with pytest.raises(ChannelError) as e:
         await registry.join(JoinRequest("recipient", ch.name, "ed25519"), C, "h:1")
-    assert e.value.status == 403
+    assert http_status(e.value) == 403
     # a refused write stores nothing
     with pytest.raises(ChannelError):
         await registry.act(request(ch, r_uuid, Write(x=X)), B)
@@ -152,7 +154,7 @@ async def test_registry_join_write_and_expiry():
     clock.advance(121)
     with pytest.raises(ChannelError) as e:
         await registry.act(request(ch, s_uuid), A)
-    assert e.value.status == 404
+    assert http_status(e.value) == 404
     store.sweep()
     assert len(store.channels) == 0
 
@@ -162,12 +164,12 @@ async def test_registry_unknown_channel_and_rate_limit():
     registry, clock, _ = make_registry(joins_per_ip_per_minute=3)
     with pytest.raises(ChannelError) as e:
         await registry.join(JoinRequest("recipient", "nope1234", "ed25519"), A, "h:1")
-    assert e.value.status == 404
+    assert http_status(e.value) == 404
     for _ in range(2):
         await registry.join(JoinRequest("sender", None, "ed25519"), A, "h:1")
     with pytest.raises(ChannelError) as e:
         await registry.join(JoinRequest("sender", None, "ed25519"), A, "h:1")
-    assert e.value.status == 429
+    assert http_status(e.value) == 429
     await registry.join(JoinRequest("sender", None, "ed25519"), B, "h:1")  # per address
     clock.advance(60)
     await registry.join(JoinRequest("sender", None, "ed25519"), A, "h:1")
@@ -263,7 +265,7 @@ def test_parsers_never_crash_on_random_objects(data):
         try:
             parse(body)
         except ChannelError as e:
-            assert e.status == 400
+            assert http_status(e) == 400
 
 
 @settings(max_examples=300, deadline=None)
@@ -275,4 +277,15 @@ def test_parsers_never_crash_on_mutated_bodies(noise, position):
         try:
             parse(mutated)
         except ChannelError as e:
-            assert e.status == 400
+            assert http_status(e) == 400
+
+
+def test_every_kind_of_refusal_has_its_http_status():
+    from relay.rendezvous import errors
+    from relay.rendezvous.http import HTTP_STATUS
+
+    kinds = {k for k in vars(errors).values()
+             if isinstance(k, type) and issubclass(k, ChannelError) and k is not ChannelError}
+    assert kinds == set(HTTP_STATUS)
+    # The state machine knows no HTTP: its errors carry a message, not a status.
+    assert not hasattr(errors.UnknownChannel("x"), "status")

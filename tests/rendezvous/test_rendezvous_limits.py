@@ -12,7 +12,9 @@ from twisted.internet.task import Clock
 
 from relay.config import HTTPConfig, RendezvousConfig
 from relay.rendezvous import channel as sm
-from relay.rendezvous.channel import ChannelError, Write
+from relay.rendezvous.channel import Write
+from relay.rendezvous.errors import ChannelError
+from relay.rendezvous.http import http_status
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.requests import ChannelRequest, JoinRequest
 from relay.rendezvous.waits import FALLBACK_POLL
@@ -55,7 +57,7 @@ def wait(registry, ch, uuid, address, seconds=30.0, since=None) -> Deferred:
 async def status(coroutine) -> int:
     with pytest.raises(ChannelError) as e:
         await coroutine
-    return e.value.status
+    return http_status(e.value)
 
 
 def counts_consistent(registry) -> None:
@@ -405,14 +407,14 @@ async def test_one_client_cannot_queue_store_calls_past_its_wait_cap():
     for d in refused:
         with pytest.raises(ChannelError) as e:
             await d
-        assert e.value.status == 429
+        assert http_status(e.value) == 429
     # Another client still gets through, up to the node's cap (then 503).
     others = [Deferred.fromCoroutine(registry.act(request(channel, b"s" * 32), B))
               for _ in range(3)]
     assert store.calls == 6
     with pytest.raises(ChannelError) as e:
         await others[2]
-    assert e.value.status == 503
+    assert http_status(e.value) == 503
     # Once the store answers, the slots are free again.
     for d in store.stalled:
         d.callback(None)
