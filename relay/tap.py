@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -23,7 +24,12 @@ _SETTINGS: list[tuple[str, str, str, type, str]] = [
      "host:port that clients are told to staple to [default: the address the HTTP "
      "connection arrived on, staple port]"),
     ("files-dir", "files", "directory", str, "directory of file-drop chunks [default: relay-files]"),
+    ("admin", "admin", "endpoint", str, "endpoint of the operators' listener: /metrics, "
+     "/healthz, /readyz (keep it on loopback, e.g. tcp:9109:interface=127.0.0.1) "
+     "[default: off]"),
 ]
+
+_KINDS = {int: "whole number", float: "number", str: "string"}
 
 
 class Options(usage.Options):
@@ -36,6 +42,16 @@ class Options(usage.Options):
     optFlags = [["no-files", None, "disable the file API (file commands answer 405)"],
                 ["no-rendezvous", None, "disable the live rendezvous and staple listener"]]
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:  # parsed on its own (tests, tools): the caller reports it
+                raise
+            # Under twistd, which would print its whole usage text before the message: one
+            # line on stderr and exit status 1, like every other start-up error.
+            sys.exit(f"relay: {e}")
+
     def postOptions(self) -> None:
         overrides: dict[str, dict[str, Any]] = {}
         for name, section, setting, kind, _ in _SETTINGS:
@@ -45,7 +61,7 @@ class Options(usage.Options):
             try:
                 value = kind(value)
             except ValueError:
-                raise usage.UsageError(f"--{name} must be a {kind.__name__}, not {value!r}") from None
+                raise usage.UsageError(f"--{name} must be a {_KINDS[kind]}, not {value!r}") from None
             overrides.setdefault(section, {})[setting] = value
         if self["no-files"]:
             overrides.setdefault("files", {})["enabled"] = False
