@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -51,12 +52,15 @@ class RelayService(MultiService):
         stats = RequestStats()
         self.site.request_stats = stats  # read by relay.web.respond.serve
         _count_refusals(self.site.guard.refusals, stats, "http")
+        bytes_relayed = None
         for service in self.app.services:
             staple = getattr(service, "staple", None)
             if staple is not None and isinstance(staple.factory, DescriptorGuardedFactory):
                 _count_refusals(staple.factory.refusals, stats, "staple")
+            if staple is not None:
+                bytes_relayed = partial(_bytes_relayed, staple.listener)
         self.admin = make_admin_service(self.config.admin.endpoint, stats, self.app.usage,
-                                        self.app.store, self.listeners, reactor)
+                                        self.app.store, self.listeners, reactor, bytes_relayed)
         self.admin.setServiceParent(self)
 
     def _guard_staple_listener(self, reactor: Any) -> None:
@@ -98,6 +102,11 @@ class RelayService(MultiService):
                 log.warn("the file descriptor limit ({limit}) is below what max_connections "
                          "needs: raise it (LimitNOFILE, ulimit -n)", limit=descriptors.limit)
         super().startService()
+
+
+def _bytes_relayed(listener: Any) -> int:
+    """Bytes moved by the staple listener's pairs: those that ended and those still live."""
+    return listener.bytes_relayed + sum(pair.moved for pair in listener.pairs)
 
 
 def _count_refusals(refusals: RefusalLog, stats: Any, listener: str) -> None:

@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from relay.config import load_config
 from relay.crypto import b64encode, make_nonce
 from relay.service import make_relay_service
 from tests.admin_support import scrape, value
 from tests.relay_process import RelayProcess, free_port
+from tests.rendezvous.staple_peer import Caller, connect_peer, staple_line
 from tests.zax import ZaxClient
 
 CONFIG = """
@@ -94,3 +97,49 @@ def test_each_relay_in_a_process_has_its_own_registry():
     assert two.site.request_stats.requests == {}
     off = make_relay_service(load_config(None, {"files": {"enabled": False}}), reactor)
     assert off.admin is None and not hasattr(off.site, "request_stats")
+
+
+async def eventually(check, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+@pytest.mark.parametrize("data_path", ["splice", "copy"])
+@pytest_twisted.ensureDeferred
+async def test_stapled_pairs_and_bytes_relayed(data_path):
+    """In process (a RelayService, as twistd builds it): the pair and its bytes show."""
+    config = load_config(None, {
+        "http": {"endpoint": "tcp:0:interface=127.0.0.1"},
+        "rendezvous": {"staple_endpoint": "tcp:0:interface=127.0.0.1", "data_path": data_path},
+        "admin": {"endpoint": "tcp:0:interface=127.0.0.1"}, "files": {"enabled": False}})
+    service = make_relay_service(config, reactor)
+    service.startService()
+    try:
+        admin = f"http://127.0.0.1:{service.admin.port_number()}"
+        url = f"http://127.0.0.1:{service.http.port_number()}"
+        staple_port = service.listeners()[1].port_number()
+        _, sender, _ = await Caller(reactor, url, "127.0.0.2").post("/join", {"role": "sender"})
+        _, recipient, _ = await Caller(reactor, url, "127.0.0.3").post(
+            "/join", {"role": "recipient", "channel": sender["channel"]})
+        a = await connect_peer(reactor, staple_port, "127.0.0.2",
+                               staple_line(sender["channel"], "sender", sender["uuid"]))
+        b = await connect_peer(reactor, staple_port, "127.0.0.3",
+                               staple_line(sender["channel"], "recipient", recipient["uuid"]))
+        assert await a.got_ok == b"ok" and await b.got_ok == b"ok"
+        a.transport.write(b"x" * 100_000)
+        b.transport.write(b"y" * 50_000)
+        await eventually(lambda: len(b.received) >= 100_003 and len(a.received) >= 50_003)
+        _, live = await scrape(admin)
+        assert value(live, "relay_rendezvous_stapled_pairs") == 1
+        assert value(live, "relay_rendezvous_relayed_bytes_total") == 150_000
+        a.transport.loseConnection()
+        await b.lost
+        await eventually(lambda: not service.listeners()[1].listener.pairs)
+        _, ended = await scrape(admin)
+        assert value(ended, "relay_rendezvous_stapled_pairs") == 0
+        assert value(ended, "relay_rendezvous_relayed_bytes_total") == 150_000
+        assert value(ended, "relay_http_requests_total", endpoint="/join", status="200") == 2
+    finally:
+        await service.stopService()

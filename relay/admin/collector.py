@@ -9,7 +9,7 @@ families. A figure a source could not give (Redis down) is left out of that scra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import (
@@ -63,10 +63,12 @@ async def open_channels(store: Store) -> int | None:
 
 
 class RelayCollector(Collector):
-    def __init__(self, stats: RequestStats, usage: UsageLog, store: Store) -> None:
+    def __init__(self, stats: RequestStats, usage: UsageLog, store: Store,
+                 bytes_relayed: Callable[[], int] | None = None) -> None:
         self.stats = stats
         self.usage = usage
         self.store = store
+        self.bytes_relayed = bytes_relayed
         self.figures: dict[str, Any] = {}
 
     async def refresh(self) -> None:
@@ -81,6 +83,9 @@ class RelayCollector(Collector):
         yield from self._requests()
         yield from self._figures()
         yield from self._store_calls()
+        if self.bytes_relayed is not None:
+            yield CounterMetricFamily("relay_rendezvous_relayed_bytes", "Bytes stapled pairs "
+                                      "moved, both ways together", value=self.bytes_relayed())
         info = GaugeMetricFamily("relay_info", "The relay's version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info

@@ -25,11 +25,12 @@ class AdminSite(Site):
 
 
 def make_admin_service(endpoint: str, stats: RequestStats, usage: UsageLog, store: Store,
-                       listeners: Callable[[], list[Any]], reactor: Any) -> ListeningService:
+                       listeners: Callable[[], list[Any]], reactor: Any,
+                       bytes_relayed: Callable[[], int] | None = None) -> ListeningService:
     """A listener on `endpoint` serving /metrics, /healthz and /readyz. A registry of its
     own (not prometheus_client's global one): several relays may run in one process."""
     registry = CollectorRegistry(auto_describe=False)
-    collector = RelayCollector(stats, usage, store)
+    collector = RelayCollector(stats, usage, store, bytes_relayed)
     registry.register(collector)
     readiness = Readiness(store, listeners, reactor)
     site = AdminSite(AdminRoot(MetricsPage(collector, registry, reactor), readiness),
