@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from relay.config import load_config
 from relay.crypto import b64encode, make_nonce
 from relay.service import make_relay_service
-from tests.admin_support import scrape, value
+from tests.admin_support import get, scrape, value
 from tests.relay_process import RelayProcess, free_port
 from tests.rendezvous.staple_peer import Caller, connect_peer, staple_line
 from tests.zax import ZaxClient
@@ -141,5 +141,10 @@ async def test_stapled_pairs_and_bytes_relayed(data_path):
         assert value(ended, "relay_rendezvous_stapled_pairs") == 0
         assert value(ended, "relay_rendezvous_relayed_bytes_total") == 150_000
         assert value(ended, "relay_http_requests_total", endpoint="/join", status="200") == 2
+        # An unknown path is counted as "other", never under its own name.
+        assert (await get(url + "/secret-looking-path"))[0] == 503
+        text, after = await scrape(admin)
+        assert value(after, "relay_http_requests_total", endpoint="other", status="503") == 1
+        assert "secret-looking-path" not in text and "127.0.0.2" not in text
     finally:
         await service.stopService()

@@ -93,7 +93,7 @@ class RequestStats:
                 name = detail.partition(" ")[0]
                 name = name if name in COMMANDS else OTHER
                 self.commands[name] = self.commands.get(name, 0) + 1
-        elif status in REFUSAL_STATUSES:
+        elif status in REFUSAL_STATUSES and endpoint != OTHER:  # "other": Zax's 503
             refusal = (status, LIMITS.get(detail, OTHER))
             self.refusals[refusal] = self.refusals.get(refusal, 0) + 1
 
