@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
@@ -82,4 +84,28 @@ def makeService(options: Options) -> IService:
 
     from relay.service import make_relay_service
 
-    return make_relay_service(options.relay_config, reactor)
+    config = options.relay_config
+    # Start-up errors are one line and exit status 1 (twistd would print a traceback).
+    problem = _files_directory_problem(config)
+    if problem is not None:
+        sys.exit(f"relay: {problem}")
+    try:
+        return make_relay_service(config, reactor)
+    except ConfigError as e:  # e.g. a store URL that does not parse
+        sys.exit(f"relay: {e}")
+
+
+def _files_directory_problem(config: RelayConfig) -> str | None:
+    """Why file chunks could not be written under [files] directory, or None. Only checked,
+    not created: makeService may run as root before twistd's --uid drops privileges."""
+    if not (config.files.enabled and config.files.chunk_store == "disk"):
+        return None
+    directory = Path(config.files.directory).absolute()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"[files] directory {config.files.directory}: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"[files] directory {config.files.directory}: {existing} is not writable"
+    return None

@@ -55,6 +55,8 @@ def test_bad_options_and_config_values_are_one_line_and_status_1(tmp_path):
         (["--config", str(tmp_path / "missing.toml")], "cannot read config file"),
         (["--config", config["negative.toml"]], "[http] max_connections must be a positive"),
         (["--config", config["admin.toml"]], "[admin] endpoint must be a Twisted endpoint"),
+        (["--store", "redis://127.0.0.1:port/0"], "the store url is malformed"),
+        (["--files-dir", config["admin.toml"] + "/chunks"], "admin.toml is not a directory"),
     ]
     processes = [launch(tmp_path, args) for args, _ in cases]
     for (args, message), process in zip(cases, processes, strict=True):
