@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from tests.admin_support import get
+from tests.admin_support import get, scrape, value
 from tests.redis_server import RedisServer
 from tests.relay_process import RelayProcess, free_port
 
@@ -52,8 +52,14 @@ async def test_readiness_follows_redis_from_a_start_without_it(tmp_path):
 
         redis.start()
         assert await wait_for_status(admin + "/readyz", 200) == "ready\n"
+        _, samples = await scrape(admin)
+        assert value(samples, "relay_store_up") == 1
+        assert value(samples, "relay_store_calls_total") >= 1
+        assert value(samples, "relay_store_errors_total", kind="unreachable") >= 1
         redis.stop()
         await wait_for_status(admin + "/readyz", 503)
+        _, samples = await scrape(admin)
+        assert value(samples, "relay_store_up") == 0
         assert (await get(admin + "/healthz"))[0] == 200
         redis.start()
         await wait_for_status(admin + "/readyz", 200)

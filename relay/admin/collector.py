@@ -34,7 +34,8 @@ _GAUGES = {
     "store.messages": ("relay_store_messages", "Messages held (memory store)"),
     "store.message_bytes": ("relay_store_message_bytes", "Bytes of messages held (memory "
                             "store)"),
-    "files.bytes": ("relay_file_bytes", "File bytes charged (stored chunks)"),
+    "files.bytes": ("relay_file_bytes", "File bytes charged plus reserved (what counts "
+                    "against [files] total_max_bytes)"),
     "files.reserved": ("relay_file_reserved_bytes", "File bytes reserved by open uploads"),
     "pow.difficulty": ("relay_pow_difficulty", "Proof-of-work difficulty (bits) announced "
                        "now"),
