@@ -21,7 +21,7 @@ REFRESH_TIMEOUT = 5.0
 
 
 def _answer(request: Request, status: int, content_type: bytes, body: bytes) -> None:
-    if request.finished or request._disconnected:
+    if request.finished or getattr(request, "_disconnected", False):  # gone meanwhile
         return
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type)

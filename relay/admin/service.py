@@ -33,8 +33,9 @@ def make_admin_service(endpoint: str, stats: RequestStats, usage: UsageLog, stor
     collector = RelayCollector(stats, usage, store, bytes_relayed)
     registry.register(collector)
     readiness = Readiness(store, listeners, reactor)
+    # Idle connections are closed after a minute (Twisted's default is 12 hours).
     site = AdminSite(AdminRoot(MetricsPage(collector, registry, reactor), readiness),
-                     reactor=reactor)
+                     timeout=60, reactor=reactor)
     service = ListeningService("metrics and health", endpoint, site, reactor)
     service.registry = registry  # type: ignore[attr-defined]  # for tests and tools
     service.readiness = readiness  # type: ignore[attr-defined]
