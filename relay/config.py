@@ -292,6 +292,22 @@ class RendezvousConfig:
     data_path: str = attrs.field(default="splice", validator=_data_path)
 
 
+def _endpoint_or_off(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{attribute.name} must be a Twisted endpoint string or \"\" (off), "
+                          f"not {value!r}")
+
+
+@attrs.frozen
+class AdminConfig:
+    # Metrics (/metrics) and health (/healthz, /readyz) on an endpoint of their own, never on
+    # the public API's. Off ("") by default: a fixed port on by default would collide with
+    # Prometheus's own 9090, with a second relay on the same host, and would be one more
+    # listener an operator did not ask for; turn it on bound to loopback or a private address
+    # (e.g. "tcp:9109:interface=127.0.0.1") and let Prometheus scrape it from there.
+    endpoint: str = attrs.field(default="", validator=_endpoint_or_off)
+
+
 @attrs.frozen
 class RelayConfig:
     http: HTTPConfig = attrs.field(factory=HTTPConfig)
@@ -299,6 +315,7 @@ class RelayConfig:
     mailbox: MailboxConfig = attrs.field(factory=MailboxConfig)
     files: FilesConfig = attrs.field(factory=FilesConfig)
     rendezvous: RendezvousConfig = attrs.field(factory=RendezvousConfig)
+    admin: AdminConfig = attrs.field(factory=AdminConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -307,6 +324,7 @@ SECTIONS: dict[str, type] = {
     "mailbox": MailboxConfig,
     "files": FilesConfig,
     "rendezvous": RendezvousConfig,
+    "admin": AdminConfig,
 }
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
@@ -23,7 +26,12 @@ _SETTINGS: list[tuple[str, str, str, type, str]] = [
      "host:port that clients are told to staple to [default: the address the HTTP "
      "connection arrived on, staple port]"),
     ("files-dir", "files", "directory", str, "directory of file-drop chunks [default: relay-files]"),
+    ("admin", "admin", "endpoint", str, "endpoint of the operators' listener: /metrics, "
+     "/healthz, /readyz (keep it on loopback, e.g. tcp:9109:interface=127.0.0.1) "
+     "[default: off]"),
 ]
+
+_KINDS = {int: "whole number", float: "number", str: "string"}
 
 
 class Options(usage.Options):
@@ -36,6 +44,16 @@ class Options(usage.Options):
     optFlags = [["no-files", None, "disable the file API (file commands answer 405)"],
                 ["no-rendezvous", None, "disable the live rendezvous and staple listener"]]
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:  # parsed on its own (tests, tools): the caller reports it
+                raise
+            # Under twistd, which would print its whole usage text before the message: one
+            # line on stderr and exit status 1, like every other start-up error.
+            sys.exit(f"relay: {e}")
+
     def postOptions(self) -> None:
         overrides: dict[str, dict[str, Any]] = {}
         for name, section, setting, kind, _ in _SETTINGS:
@@ -45,7 +63,7 @@ class Options(usage.Options):
             try:
                 value = kind(value)
             except ValueError:
-                raise usage.UsageError(f"--{name} must be a {kind.__name__}, not {value!r}") from None
+                raise usage.UsageError(f"--{name} must be a {_KINDS[kind]}, not {value!r}") from None
             overrides.setdefault(section, {})[setting] = value
         if self["no-files"]:
             overrides.setdefault("files", {})["enabled"] = False
@@ -66,4 +84,28 @@ def makeService(options: Options) -> IService:
 
     from relay.service import make_relay_service
 
-    return make_relay_service(options.relay_config, reactor)
+    config = options.relay_config
+    # Start-up errors are one line and exit status 1 (twistd would print a traceback).
+    problem = _files_directory_problem(config)
+    if problem is not None:
+        sys.exit(f"relay: {problem}")
+    try:
+        return make_relay_service(config, reactor)
+    except ConfigError as e:  # e.g. a store URL that does not parse
+        sys.exit(f"relay: {e}")
+
+
+def _files_directory_problem(config: RelayConfig) -> str | None:
+    """Why file chunks could not be written under [files] directory, or None. Only checked,
+    not created: makeService may run as root before twistd's --uid drops privileges."""
+    if not (config.files.enabled and config.files.chunk_store == "disk"):
+        return None
+    directory = Path(config.files.directory).absolute()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"[files] directory {config.files.directory}: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"[files] directory {config.files.directory}: {existing} is not writable"
+    return None

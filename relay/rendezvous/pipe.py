@@ -59,13 +59,14 @@ def link(a: StapleProtocol, b: StapleProtocol, clock: IReactorTime,
 class CopyPair:
     """Two stapled connections on the copy path (the listener's record of the pair)."""
 
-    __slots__ = ("a", "b", "clock", "name", "started", "last", "keys", "renewed")
+    __slots__ = ("a", "b", "clock", "name", "started", "last", "keys", "renewed", "moved")
 
     def __init__(self, a: StapleProtocol, b: StapleProtocol, clock: IReactorTime,
                  name: str) -> None:
         self.a, self.b, self.clock, self.name = a, b, clock, name
         self.started = self.last = self.renewed = clock.seconds()
         self.keys: tuple[str, ...] = ()
+        self.moved = 0  # bytes relayed either way (counted when `track` is set), for metrics
 
     def forwarder(self, other: StapleProtocol):  # noqa: ANN201
         write = other.transport.write
@@ -73,6 +74,7 @@ class CopyPair:
 
         def forward(data: bytes) -> None:
             self.last = clock.seconds()
+            self.moved += len(data)
             write(data)
 
         return forward

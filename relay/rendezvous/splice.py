@@ -167,6 +167,7 @@ class _End:
             except OSError as e:
                 return _lost(e)
             source.pending -= n
+            self.pair.moved += n
         if source.pending:
             # The sink is full: stop reading the source until the sink drains.
             reactor.removeReader(source)
@@ -210,7 +211,7 @@ class SplicePair:
     moved (for the owner's idle timeout); `keys` and `renewed` are the owner's."""
 
     __slots__ = ("reactor", "owner", "name", "a", "b", "closed", "started", "last", "keys",
-                 "renewed")
+                 "renewed", "moved")
 
     def __init__(self, a_fd: int, b_fd: int, reactor: Any, owner: SpliceOwner,
                  name: str) -> None:
@@ -221,6 +222,7 @@ class SplicePair:
         # When the pair was stapled, for the log line the owner writes when it ends.
         self.started = self.last = self.renewed = reactor.seconds()
         self.keys: tuple[str, ...] = ()
+        self.moved = 0  # bytes relayed either way, for metrics
         self.a, self.b = _End(self, a_fd), _End(self, b_fd)
         self.a.partner, self.b.partner = self.b, self.a
 

@@ -185,6 +185,7 @@ class StapleListener(Factory):
         self.max_unpaired = 2 * config.max_channels + 64
         self._sweep: IDelayedCall | None = None
         self._renewals: deque[Pair] = deque()
+        self.bytes_relayed = 0  # by pairs that ended (live pairs keep their own `moved`)
         self._renewing = 0
 
     def buildProtocol(self, addr: Any) -> StapleProtocol:
@@ -266,6 +267,7 @@ class StapleListener(Factory):
         if pair not in self.pairs:
             return
         self.pairs.discard(pair)
+        self.bytes_relayed += pair.moved
         self._count(pair.keys, -1)
         log.info("a stapled pair ended after {seconds:.1f}s",
                  seconds=self.clock.seconds() - pair.started)

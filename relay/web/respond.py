@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -75,6 +75,8 @@ def serve(request: Request, work: Callable[[bytes], Awaitable[tuple[T, str]]], *
     not stop half way) and its answer is dropped.
     """
     started = time.monotonic()
+    # The site's metrics (relay.admin.requests.RequestStats), if it keeps any.
+    stats = getattr(getattr(request, "site", None), "request_stats", None)
     finished: list = []
     request.notifyFinish().addBoth(finished.append)
 
@@ -89,17 +91,17 @@ def serve(request: Request, work: Callable[[bytes], Awaitable[tuple[T, str]]], *
         result, detail = outcome
         if not finished:
             _finish(request, replies.ok(request, result))
-        _log(logger, endpoint, 200, detail, started)
+        _log(logger, endpoint, 200, detail, started, stats)
 
     def failed(failure: Failure) -> None:
         if finished and failure.check(CancelledError):
-            _log(logger, endpoint, 499, "client went away", started)
+            _log(logger, endpoint, 499, "client went away", started, stats)
             return
         status, detail = error_status(failure)
         if not finished:
             request.setResponseCode(status)
             _finish(request, replies.error(request, status, detail))
-        _log(logger, endpoint, status, detail, started)
+        _log(logger, endpoint, status, detail, started, stats)
 
     d.addCallbacks(succeeded, failed)
     return NOT_DONE_YET
@@ -112,9 +114,13 @@ def _finish(request: Request, body: bytes) -> None:
     request.finish()
 
 
-def _log(logger: Logger, endpoint: str, status: int, detail: str, started: float) -> None:
+def _log(logger: Logger, endpoint: str, status: int, detail: str, started: float,
+         stats: Any = None) -> None:
+    seconds = time.monotonic() - started
     logger.info("{endpoint} {status} {detail} {ms:.1f}ms", endpoint=endpoint, status=status,
-                detail=detail, ms=1000 * (time.monotonic() - started))
+                detail=detail, ms=1000 * seconds)
+    if stats is not None:
+        stats.observe(endpoint, status, seconds, detail)
 
 
 def text_replies(content_type: bytes = b"text/plain") -> Replies[bytes]:

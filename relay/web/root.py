@@ -16,10 +16,18 @@ def refuse(request: Request) -> bytes:
     return b""
 
 
+def _count_unknown_path(request: Request) -> None:
+    # Counted for metrics (relay.admin.requests) as the endpoint "other", never by its path.
+    stats = getattr(getattr(request, "site", None), "request_stats", None)
+    if stats is not None:
+        stats.observe("other", 503, 0.0, "")
+
+
 class Refused(Resource):
     isLeaf = True
 
     def render(self, request: Request) -> bytes:
+        _count_unknown_path(request)
         return refuse(request)
 
 
@@ -33,4 +41,5 @@ class RelayRoot(Resource):
         return Refused()
 
     def render(self, request: Request) -> bytes:
+        _count_unknown_path(request)
         return refuse(request)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -117,6 +118,10 @@ class RedisBackend:
         self.memory = RedisMemory(config)
         self._policy_unknown_logged = False
         self.pending_calls = 0
+        # For metrics (relay.admin): calls finished, their seconds, failures by kind.
+        self.calls = 0
+        self.call_seconds = 0.0
+        self.call_errors: dict[str, int] = {}
         self._running = False
         self._named_scripts: dict[str, str] = {}
         self._script_hashes: dict[str, str] = {}
@@ -133,9 +138,12 @@ class RedisBackend:
 
     async def run(self, fn: Callable[[Any], Any]) -> Any:
         if not self._running:
+            self._failed("not_running")
             raise StoreUnavailable("the Redis store is not running")
         if self.pending_calls >= self.config.max_pending_operations:
+            self._failed("too_many_pending")
             raise StoreUnavailable("too many Redis calls under way")
+        started = time.monotonic()
         call = _Call()
         self.pending_calls += 1
         attempt = Deferred.fromCoroutine(self._call(fn, call))
@@ -146,15 +154,24 @@ class RedisBackend:
             return await attempt
         except CancelledError:
             if call.timed_out:
+                self._failed("timeout")
                 raise StoreUnavailable(
                     f"Redis did not answer within {self.config.operation_timeout} s") from None
             raise
         except txredisapi.ResponseError as e:
-            raise _error_reply(e) from None
+            error = _error_reply(e)
+            self._failed("full" if isinstance(error, StoreFull) else "error_reply")
+            raise error from None
         except _CONNECTION_ERRORS as e:
+            self._failed("connection")
             raise StoreUnavailable(f"lost the connection to Redis: {e}") from None
+        except StoreUnavailable:
+            self._failed("unreachable")  # the pool is down: failed at once
+            raise
         finally:
             self.pending_calls -= 1
+            self.calls += 1
+            self.call_seconds += time.monotonic() - started
             if call.timer.active():
                 call.timer.cancel()
 
@@ -167,6 +184,9 @@ class RedisBackend:
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
             return await result
         return result
+
+    def _failed(self, kind: str) -> None:
+        self.call_errors[kind] = self.call_errors.get(kind, 0) + 1
 
     def _time_out(self, attempt: Deferred, call: _Call) -> None:
         if not call.graced and self.clock.seconds() - call.due > LATE_BY:

@@ -36,6 +36,18 @@ _RETRY_JITTER = 0.1
 
 log = Logger()
 
+# While Redis stays unreachable, one line when that starts and one each time it has lasted
+# one of these many seconds more (then every OUTAGE_REPORT_EVERY): not a line per attempt.
+OUTAGE_REPORTS = (10.0, 60.0)
+OUTAGE_REPORT_EVERY = 300.0
+
+
+class _QuietClientService(ClientService):
+    """ClientService without its line per retry ("Scheduling retry N ..."), eight of them per
+    backoff step with a pool of eight: the pool reports an outage itself (see _mark_down)."""
+
+    _log = Logger(observer=lambda event: None)
+
 
 class _ProtocolFactory(Factory):
     """Builds txredisapi protocols that return raw bytes and reports their life to the pool."""
@@ -81,7 +93,7 @@ class ConnectionPool:
         self.refusal: str | None = None
         factory = _ProtocolFactory(self, address)
         self._services = [
-            ClientService(endpoint, factory, retryPolicy=self._retry_delay, clock=clock)
+            _QuietClientService(endpoint, factory, retryPolicy=self._retry_delay, clock=clock)
             for _ in range(size)
         ]
         self._live: list[txredisapi.BaseRedisProtocol] = []
@@ -93,6 +105,10 @@ class ConnectionPool:
         # they count as failed attempts so the retries back off.
         self._unready_streak = 0
         self._wake_call: Any = None
+        self._where = address.socket_path or f"{address.host}:{address.port}"
+        self._ever_live = False
+        self._down_since: float | None = None
+        self._next_report = 0.0
 
     @property
     def live_count(self) -> int:
@@ -181,6 +197,11 @@ class ConnectionPool:
     def _add_live(self, connection: txredisapi.BaseRedisProtocol) -> None:
         # Waiters (who send commands and may drop the connection) are woken on the next turn.
         self._live.append(connection)
+        if self._down_since is not None:
+            log.info("Redis at {where} answers again after {s:.0f}s", where=self._where,
+                     s=self._clock.seconds() - self._down_since)
+            self._down_since = None
+        self._ever_live = True
         self._down = False
         self._unready_streak = 0
         if self._waiters and (self._wake_call is None or not self._wake_call.active()):
@@ -210,15 +231,34 @@ class ConnectionPool:
         # ClientService asks this after every failed attempt or lost connection.
         if not self._live:
             self._mark_down()
+            self._report_outage()
         exponent = min(max(attempt, self._unready_streak) - 1, 64)
         delay = min(RETRY_INITIAL_DELAY * _RETRY_FACTOR ** max(exponent, 0), RETRY_MAX_DELAY)
         return delay * random.uniform(1 - _RETRY_JITTER, 1 + _RETRY_JITTER)
 
     def _mark_down(self) -> None:
-        if not self._down:
-            log.warn("lost every connection to Redis; store calls fail until it is back")
+        if not self._down and self._down_since is None:
+            self._down_since = self._clock.seconds()
+            self._next_report = OUTAGE_REPORTS[0]
+            if self._ever_live:
+                log.warn("lost every connection to Redis at {where}; store calls fail until "
+                         "it is back (retrying)", where=self._where)
+            else:
+                log.warn("cannot connect to Redis at {where}; retrying with backoff, store "
+                         "calls fail until it answers",
+                         where=self._where)
         self._down = True
         self._fail_waiters("Redis is unreachable")
+
+    def _report_outage(self) -> None:
+        if self._down_since is None:
+            return
+        lasted = self._clock.seconds() - self._down_since
+        if lasted >= self._next_report:
+            log.warn("Redis at {where} still unreachable after {s:.0f}s", where=self._where,
+                     s=lasted)
+            later = [t for t in OUTAGE_REPORTS if t > lasted]
+            self._next_report = later[0] if later else lasted + OUTAGE_REPORT_EVERY
 
     def _fail_waiters(self, why: str) -> None:
         waiters, self._waiters = self._waiters, []
