@@ -18,12 +18,18 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.protocols.basic import LineReceiver
 
 from relay.config import ConfigError, StoreConfig
 from relay.crypto import b64encode
 from relay.store.errors import StoreUnavailable
 from relay.store.redis import RedisBackend
 from relay.store.redis.address import parse_redis_url
+from relay.store.redis.sentinel import SentinelEndpoint
 from tests.redis_server import RedisServer, ReplicatedRedis
 from tests.relay_process import RelayProcess, free_port
 from tests.zax import ZaxClient
@@ -85,6 +91,121 @@ def test_wait_timeout_must_be_below_the_operation_timeout():
     with pytest.raises(ConfigError):
         StoreConfig(redis_wait_replicas=1, redis_wait_timeout=2.0, operation_timeout=2.0)
     StoreConfig(redis_wait_replicas=0, redis_wait_timeout=5.0)  # unused: not checked
+
+
+# -- discovery, against fake sentinels -------------------------------------------------------
+
+
+class FakeSentinel(LineReceiver):
+    """Answers SENTINEL GET-MASTER-ADDR-BY-NAME with its factory's `master` (None: nil),
+    AUTH with OK or an error; counts the questions."""
+
+    delimiter = b"\r\n"
+
+    def connectionMade(self) -> None:
+        self.parts: list[bytes] = []
+        self.expected = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.startswith(b"*"):
+            self.expected, self.parts = int(line[1:]), []
+            return
+        if line.startswith(b"$"):
+            return
+        self.parts.append(line)
+        if len(self.parts) == self.expected:
+            self.answer([part.decode() for part in self.parts])
+
+    def answer(self, command: list[str]) -> None:
+        factory = self.factory
+        if command[0].upper() == "AUTH":
+            ok = command[-1] == factory.password
+            self.transport.write(b"+OK\r\n" if ok else b"-WRONGPASS invalid password\r\n")
+            return
+        factory.questions += 1
+        if factory.master is None:
+            self.transport.write(b"*-1\r\n")
+            return
+        host, port = factory.master[0].encode(), str(factory.master[1]).encode()
+        self.transport.write(b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                             % (len(host), host, len(port), port))
+
+
+class FakeSentinelFactory(Factory):
+    protocol = FakeSentinel
+
+    def __init__(self, master: tuple[str, int] | None, password: str | None = None) -> None:
+        self.master = master
+        self.password = password
+        self.questions = 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_discovery_asks_in_order_shares_answers_and_notices_a_new_master():
+    ports, factories = [], []
+    for master, password in ((None, "pw"), (("127.0.0.1", 1111), "pw"),
+                             (("127.0.0.1", 2222), "pw")):
+        factory = FakeSentinelFactory(master, password)
+        factories.append(factory)
+        ports.append(await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+                     .listen(factory))
+    dead = free_port()
+    try:
+        addresses = [("127.0.0.1", dead)] + [("127.0.0.1", p.getHost().port) for p in ports]
+        endpoint = SentinelEndpoint(reactor, addresses, "mymaster", timeout=2.0,
+                                    password="pw")
+        changes: list[tuple[str, int]] = []
+        endpoint.on_master_changed = changes.append
+        # Three at once share one discovery: the dead sentinel and the one that does not
+        # know the master are passed over; the first that answers names the master.
+        answers = await gatherResults([endpoint.discover() for _ in range(3)])
+        assert answers == [("127.0.0.1", 1111)] * 3
+        assert [f.questions for f in factories] == [1, 1, 0]
+        # It is asked first from now on.
+        factories[1].master = ("127.0.0.1", 3333)
+        assert await endpoint.discover() == ("127.0.0.1", 3333)
+        assert [f.questions for f in factories] == [1, 2, 0]
+        assert changes == [("127.0.0.1", 3333)]
+        # A wrong password is a sentinel that does not answer; none left: StoreUnavailable.
+        factories[1].password = factories[2].password = "other"
+        with pytest.raises(StoreUnavailable, match="no sentinel named"):
+            await endpoint.discover()
+        await endpoint.check()  # the timer's call never fails
+    finally:
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_master_that_is_not_one_is_not_used():
+    """The sentinels may name a server that is a replica (mid-failover): the backend's
+    connections are refused until it is a master."""
+    with RedisServer.running() as primary, RedisServer.running(replica_of=primary) as replica:
+        factory = FakeSentinelFactory(("127.0.0.1", replica.port))
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        url = f"redis+sentinel://127.0.0.1:{port.getHost().port}/mymaster"
+        backend = RedisBackend(StoreConfig(url=url, operation_timeout=0.5), reactor)
+        service = backend.make_service()
+        service.startService()
+        try:
+            await deferLater(reactor, 0.5, lambda: None)
+            assert backend.pool.live_count == 0
+            with pytest.raises(StoreUnavailable):
+                await backend.run(lambda redis: redis.execute_command("PING"))
+            replica.command("REPLICAOF", "NO", "ONE")  # promoted
+            deadline = time.monotonic() + 10
+            while backend.pool.live_count == 0:
+                assert time.monotonic() < deadline
+                await deferLater(reactor, 0.05, lambda: None)
+            await backend.run(lambda redis: redis.execute_command("SET", "k", b"v", "PX", 9000))
+            assert replica.command("GET", "k") == b"v"
+            # Demoted again while connected: a write answered READONLY drops the connection.
+            replica.command("REPLICAOF", "127.0.0.1", primary.port)
+            with pytest.raises(StoreUnavailable):
+                await backend.run(lambda redis: redis.execute_command("SET", "k", b"w"))
+        finally:
+            await service.stopService()
+            await port.stopListening()
 
 
 # -- WAIT ------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ from relay.store.errors import StoreFull, StoreUnavailable
 from relay.store.redis.address import parse_redis_url
 from relay.store.redis.memory import RedisMemory, eviction_refusal, read_eviction_policy
 from relay.store.redis.pool import ConnectionPool
+from relay.store.redis.sentinel import CHECK_INTERVAL as SENTINEL_CHECK_INTERVAL
 from relay.store.redis.sentinel import SentinelEndpoint
 
 KEY_PREFIX = "relay"
@@ -337,6 +338,10 @@ class _RedisService(MultiService):
                             lambda: Deferred.fromCoroutine(backend.memory.poll(backend)))
         poll.clock = backend.clock
         poll.setServiceParent(self)
+        if backend.sentinel is not None:
+            watch = TimerService(SENTINEL_CHECK_INTERVAL, backend.sentinel.check)
+            watch.clock = backend.clock
+            watch.setServiceParent(self)
 
     def _refused(self, reason: str) -> None:
         log.critical("refusing to use this Redis: {reason}", reason=reason)

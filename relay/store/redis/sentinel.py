@@ -29,6 +29,9 @@ from relay.store.errors import StoreUnavailable
 
 log = Logger(namespace="relay.store")
 
+# Seconds between two checks of the master's address while connected.
+CHECK_INTERVAL = 2.0
+
 
 class MasterNotFound(StoreUnavailable):
     """No sentinel answered with the master's address."""
@@ -76,6 +79,11 @@ class SentinelEndpoint:
         protocol = await endpoint.connect(protocol_factory)
         protocol.sentinel_master = (host, port)
         return protocol
+
+    def check(self) -> Deferred:
+        """Ask the sentinels again (a timer calls this): a failover the connections did not
+        notice (the old master cut off from the others but not from us) still moves them."""
+        return self.discover().addErrback(lambda failure: None)
 
     def discover(self) -> Deferred:
         """The master's (host, port); one discovery at a time, shared by its callers."""
