@@ -9,6 +9,7 @@ WAIT has lost no message it acknowledged.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import LineReceiver
 
-from relay.config import ConfigError, StoreConfig
+from relay.config import ConfigError, StoreConfig, load_config
 from relay.crypto import b64encode
 from relay.store.errors import StoreUnavailable
 from relay.store.redis import RedisBackend
@@ -32,6 +33,7 @@ from relay.store.redis.address import parse_redis_url
 from relay.store.redis.sentinel import SentinelEndpoint
 from tests.redis_server import RedisServer, ReplicatedRedis
 from tests.relay_process import RelayProcess, free_port
+from tests.test_files_support import AsyncZax, LoopbackRelay, SealedFile
 from tests.zax import ZaxClient
 
 # -- the URL ---------------------------------------------------------------------------------
@@ -247,6 +249,48 @@ async def test_replicated_writes_need_the_replicas_acknowledgement():
                 assert replica.command("GET", backend.key("e")) == b"5"
         finally:
             await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relay_waits_for_a_replica_on_writes_that_acknowledge_client_data(tmp_path):
+    """Through the HTTP API: /prove, uploads, file starts and chunks answer 500 while no
+    replica acknowledges them; reads go on."""
+    with RedisServer.running() as primary:
+        config = load_config(overrides={
+            "store": {"url": primary.url, "redis_wait_replicas": 1, "redis_wait_timeout": 0.1},
+            "files": {"chunk_store": "store", "directory": str(tmp_path / "chunks")}})
+        relay = LoopbackRelay(config)
+        await relay.start()
+        try:
+            with RedisServer.running(replica_of=primary) as replica:
+                deadline = time.monotonic() + 10
+                while replica.info("replication").get("master_link_status") != "up":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                alice, bob = await relay.client(), await relay.client()
+                upload_id = (await alice.start_upload(bob, 3000))["uploadID"]
+                sealed = SealedFile(os.urandom(3000), 1000)
+                command, chunk = sealed.command(upload_id, 0)
+                assert await alice.enc(command, chunk) == {"status": "OK"}
+            # The replica is gone.
+            late = AsyncZax(relay.poster())
+            with pytest.raises(AssertionError, match="500"):
+                await late.connect()  # /prove stores the session: waited for
+            status, _ = await alice.command({"cmd": "upload", "to": b64encode(bob.hpk),
+                                             "payload": {"nonce": b64encode(os.urandom(24)),
+                                                         "ctext": b64encode(b"x")}})
+            assert status == 500
+            assert (await alice.command({"cmd": "startFileUpload", "to": b64encode(bob.hpk),
+                                         "file_size": 10, "metadata": {
+                                             "nonce": b64encode(os.urandom(24)),
+                                             "ctext": b64encode(b"m")}}))[0] == 500
+            command, chunk = sealed.command(upload_id, 1)
+            assert (await alice.command(command, chunk))[0] == 500
+            # Reads do not wait.
+            assert (await bob.command({"cmd": "count"}))[0] == 200
+            assert await bob.download_chunk(upload_id, 0, sealed.key) == sealed.data[:1000]
+        finally:
+            await relay.stop()
 
 
 # -- failover under traffic ------------------------------------------------------------------
