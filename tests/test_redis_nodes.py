@@ -46,14 +46,18 @@ class Pump(Protocol):
             self.done.callback(None)
 
 
-@pytest.fixture
-def nodes(redis_server: RedisServer, tmp_path):
+@pytest.fixture(scope="module", params=["store"])
+def nodes(request, redis_server: RedisServer, tmp_path_factory):
+    """Three nodes (shared by the tests of one kind); file chunks in Redis ("store") or on
+    one directory they share ("disk", as on a shared filesystem)."""
+    tmp_path = tmp_path_factory.mktemp(f"nodes-{request.param}")
+    files = {"store": 'chunk_store = "store"',
+             "disk": f'chunk_store = "disk"\ndirectory = "{tmp_path / "shared-chunks"}"'}
     started: list[RelayProcess] = []
     for name in ("a", "b", "c"):
         workdir = tmp_path / name
         workdir.mkdir()
-        # Chunks in Redis: every node reads what another wrote (or one shared directory).
-        (workdir / "relay.toml").write_text('[files]\nchunk_store = "store"\n')
+        (workdir / "relay.toml").write_text(f"[files]\n{files[request.param]}\n")
         started.append(RelayProcess(workdir, ["--store", redis_server.url,
                                               "--config", str(workdir / "relay.toml")],
                                     staple=True))
@@ -91,6 +95,7 @@ class SpreadClient(AsyncZax):
         assert status == 200, status
 
 
+@pytest.mark.parametrize("nodes", ["store", "disk"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_any_request_on_any_node(nodes: list[RelayProcess]):
     posters = [HttpPoster(node.url + "/") for node in nodes]
