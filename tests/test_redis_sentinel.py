@@ -360,12 +360,13 @@ def replicated():
 def relays(tmp_path):
     started: list[RelayProcess] = []
 
-    def start(name: str, url: str, settings: str) -> RelayProcess:
+    def start(name: str, url: str, settings: str, staple: bool = False) -> RelayProcess:
         workdir = tmp_path / name
         workdir.mkdir()
         (workdir / "relay.toml").write_text(settings)
         relay = RelayProcess(workdir, ["--store", url, "--no-files",
-                                       "--config", str(workdir / "relay.toml")])
+                                       "--config", str(workdir / "relay.toml")],
+                             staple=staple)
         relay.start()
         started.append(relay)
         return relay
@@ -395,7 +396,8 @@ def test_failover_under_traffic(replicated: ReplicatedRedis, relays: Any):
     # A sentinel that is not there comes first: discovery moves on to the next one.
     dead = f"127.0.0.1:{free_port()}"
     url = replicated.url.replace("redis+sentinel://", f"redis+sentinel://{dead},")
-    plain = relays("plain", url, _SETTINGS.format(extra=""))
+    # With the rendezvous on: its change feed (a pub/sub connection) follows the failover too.
+    plain = relays("plain", url, _SETTINGS.format(extra=""), staple=True)
     waiting = relays("waiting", url, _SETTINGS.format(
         extra="redis_wait_replicas = 1\nredis_wait_timeout = 0.3"))
     _wait_ready(plain), _wait_ready(waiting)
@@ -440,3 +442,8 @@ def test_failover_under_traffic(replicated: ReplicatedRedis, relays: Any):
     # The one without WAIT serves from the new master (its messages are there, but those
     # acknowledged in the last moment before the kill could be lost: not checked).
     assert traffic[plain].delivered()
+    deadline = time.monotonic() + 10
+    while plain.log().count("the channel change feed is live") < 2:
+        assert time.monotonic() < deadline, plain.log()[-3000:]
+        time.sleep(0.1)
+    assert "the channel change feed is down" in plain.log()

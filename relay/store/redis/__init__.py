@@ -37,6 +37,10 @@ channels.py) takes the backend and uses only this API:
 ``backend.clock``
     The reactor the backend was built with (timeouts; it also makes the connections).
 
+``backend.endpoint``
+    The client endpoint to Redis, for a dedicated connection of one's own (pub/sub): with a
+    redis+sentinel:// URL it asks the sentinels where the master is before connecting.
+
 ``backend.memory``
     Redis's memory as last read (relay.store.redis.memory): ``backend.memory.check(size)``
     raises StoreFull (HTTP 507) while Redis is too full for ``size`` more bytes of client data
@@ -130,6 +134,7 @@ class RedisBackend:
         else:
             endpoint = HostnameEndpoint(clock, self.address.host, self.address.port,
                                         timeout=config.operation_timeout)
+        self.endpoint = endpoint
         self.pool = ConnectionPool(endpoint, self.address, config.pool_size, clock,
                                    verify=self._verify_connection,
                                    verify_timeout=config.operation_timeout)
