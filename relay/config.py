@@ -87,6 +87,11 @@ def _string(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(f"{attribute.name} must be a non-empty string, not {value!r}")
 
 
+def _text(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{attribute.name} must be a string, not {value!r}")
+
+
 def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{attribute.name} must be true or false, not {value!r}")
@@ -167,10 +172,25 @@ class StoreConfig:
     # An evicting maxmemory-policy silently drops claimed nonces (replays get through) and
     # acknowledged messages: the relay refuses to start on one unless this is true.
     allow_evicting_redis: bool = attrs.field(default=False, validator=_boolean)
+    # Redis: after each write that acknowledges client data (a message, a file record, part
+    # or chunk, a new session) wait until this many replicas have it (WAIT), else answer 500
+    # and the client retries: a failover then loses nothing acknowledged. 0: no waiting
+    # (Redis replication is asynchronous; a failover may lose the last writes).
+    redis_wait_replicas: int = attrs.field(default=0, validator=_non_negative_int)
+    # How long one WAIT may take (below operation_timeout, which bounds the write and WAIT).
+    redis_wait_timeout: float = attrs.field(default=0.5, validator=_positive)
+    # redis+sentinel:// URLs: the sentinels' own password (requirepass on the sentinels), if
+    # they have one; the master's password is in the URL.
+    redis_sentinel_password: str = attrs.field(default="", validator=_text, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.url != "memory" and not self.url.startswith(("redis://", "unix://")):
-            raise ConfigError(f"store url must be 'memory' or a redis:// URL, not {self.url!r}")
+        if self.url != "memory" and not self.url.startswith(
+                ("redis://", "unix://", "redis+sentinel://")):
+            raise ConfigError("store url must be 'memory', a redis://, unix:// or "
+                              f"redis+sentinel:// URL, not {self.url!r}")
+        if self.redis_wait_replicas and self.redis_wait_timeout >= self.operation_timeout:
+            raise ConfigError("redis_wait_timeout must be below operation_timeout "
+                              f"({self.redis_wait_timeout} >= {self.operation_timeout})")
 
 
 @attrs.frozen

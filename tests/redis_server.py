@@ -2,7 +2,9 @@
 
 It can be killed and started again on the same port (outage tests), paused with SIGSTOP (a
 hung Redis), and has a tiny blocking client (`command`) for setup and inspection outside
-the code under test.
+the code under test. `RedisServer(replica_of=primary)` is a replica; `SentinelServer` the same
+binary in Sentinel mode; `ReplicatedRedis` a primary, a replica and three sentinels watching
+them with short failover timeouts (failover tests).
 """
 
 from __future__ import annotations
@@ -86,9 +88,12 @@ def _read_reply(stream) -> object:
 class RedisServer:
     def __init__(self, password: str | None = None, persist: bool = False,
                  maxmemory: int | None = None, policy: str | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (),
+                 replica_of: RedisServer | None = None) -> None:
         """maxmemory (bytes) and policy (maxmemory-policy) as redis-server options;
-        extra_args are passed on as they are (e.g. ("--rename-command", "CONFIG", ""))."""
+        extra_args are passed on as they are (e.g. ("--rename-command", "CONFIG", ""));
+        replica_of: a started server this one replicates (with the same password)."""
+        self.replica_of = replica_of
         self.password = password
         self.persist = persist
         self.maxmemory = maxmemory
@@ -138,6 +143,10 @@ class RedisServer:
             args += ["--maxmemory", str(self.maxmemory)]
         if self.policy is not None:
             args += ["--maxmemory-policy", self.policy]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+            if self.password:
+                args += ["--masterauth", self.password]
         args += list(self.extra_args)
         self.process = subprocess.Popen(args, cwd=self.directory, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -230,8 +239,157 @@ class RedisServer:
     def keys(self, db: int = 0) -> list[bytes]:
         return self.command("KEYS", "*", db=db)  # type: ignore[return-value]
 
+    def role(self) -> str:
+        """"master" or "slave" (ROLE's first field)."""
+        reply = self.command("ROLE")
+        assert isinstance(reply, list)
+        return reply[0].decode()
+
     def _log_tail(self) -> str:
         try:
             return (self.directory / "redis.log").read_text()[-2000:]
         except OSError:
             return "(no log)"
+
+
+class SentinelServer(RedisServer):
+    """redis-server --sentinel watching `master` under `master_name` (quorum 2)."""
+
+    def __init__(self, master: RedisServer, master_name: str = "mymaster",
+                 down_after_ms: int = 500, failover_timeout_ms: int = 2000) -> None:
+        super().__init__()
+        self.master = master
+        self.master_name = master_name
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _launch(self) -> bool:
+        # Sentinel rewrites its configuration file as it learns: it must be its own.
+        name = self.master_name
+        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.directory}",
+                 "logfile sentinel.log", "daemonize no",
+                 f"sentinel monitor {name} 127.0.0.1 {self.master.port} 2",
+                 f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+                 f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+                 f"sentinel parallel-syncs {name} 1"]
+        if self.master.password:
+            lines.append(f"sentinel auth-pass {name} {self.master.password}")
+        config = self.directory / "sentinel.conf"
+        config.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen([redis_executable(), str(config), "--sentinel"],
+                                        cwd=self.directory, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.process = None
+                return False
+            try:
+                if self.command("PING") == "PONG":
+                    return True
+            except (OSError, RedisError):
+                pass
+            time.sleep(0.01)
+        self.stop()
+        return False
+
+    def master_state(self) -> dict[str, str]:
+        """SENTINEL MASTER's fields (flags, num-slaves, num-other-sentinels, ...)."""
+        reply = self.command("SENTINEL", "MASTER", self.master_name)
+        assert isinstance(reply, list)
+        return {k.decode(): v.decode() for k, v in zip(reply[::2], reply[1::2], strict=True)}
+
+    def master_port(self) -> int:
+        reply = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        assert isinstance(reply, list)
+        return int(reply[1])
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.directory / "sentinel.log").read_text()[-2000:]
+        except OSError:
+            return "(no log)"
+
+
+class ReplicatedRedis:
+    """A primary, a replica and three sentinels (quorum 2) on loopback, ready to fail over:
+    the replica is in sync and every sentinel knows the replica and the two others."""
+
+    MASTER_NAME = "mymaster"
+
+    def __init__(self, down_after_ms: int = 500, failover_timeout_ms: int = 2000,
+                 password: str | None = None) -> None:
+        self.primary = RedisServer(password=password)
+        self.replica = RedisServer(password=password, replica_of=self.primary)
+        self.sentinels = [SentinelServer(self.primary, self.MASTER_NAME, down_after_ms,
+                                         failover_timeout_ms) for _ in range(3)]
+        self.password = password
+
+    @property
+    def url(self) -> str:
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        hosts = ",".join(sentinel.address for sentinel in self.sentinels)
+        return f"redis+sentinel://{auth}{hosts}/{self.MASTER_NAME}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.primary.start()
+        self.replica.start()
+        deadline = time.monotonic() + timeout
+        while self.replica.info("replication").get("master_link_status") != "up":
+            _before(deadline, "the replica did not sync")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        # Sentinels find each other through hello messages (every 2 s) over the primary.
+        while not all(self._sentinel_ready(sentinel) for sentinel in self.sentinels):
+            _before(deadline, "the sentinels did not find each other and the replica")
+
+    @staticmethod
+    def _sentinel_ready(sentinel: SentinelServer) -> bool:
+        state = sentinel.master_state()
+        return state["num-slaves"] == "1" and state["num-other-sentinels"] == "2"
+
+    def current_primary(self) -> RedisServer:
+        """The server every sentinel names as master now."""
+        ports = {sentinel.master_port() for sentinel in self.sentinels
+                 if sentinel.process is not None}
+        assert len(ports) == 1, ports
+        (port,) = ports
+        return self.primary if port == self.primary.port else self.replica
+
+    def wait_for_failover(self, timeout: float = 20.0) -> RedisServer:
+        """After the primary is stopped: wait until the replica is master for every
+        sentinel and answers as one; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if (all(s.master_port() == self.replica.port for s in self.sentinels)
+                        and self.replica.role() == "master"):
+                    return self.replica
+            except (OSError, RedisError):
+                pass
+            _before(deadline, "the sentinels did not fail over")
+
+    def close(self) -> None:
+        for server in [*self.sentinels, self.replica, self.primary]:
+            server.close()
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, **kwargs: Any) -> Iterator[ReplicatedRedis]:
+        group = cls(**kwargs)
+        try:
+            group.start()
+            yield group
+        finally:
+            group.close()
+
+
+def _before(deadline: float, what: str) -> None:
+    if time.monotonic() > deadline:
+        raise RuntimeError(what)
+    time.sleep(0.05)

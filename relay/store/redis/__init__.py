@@ -8,7 +8,7 @@ channels.py) takes the backend and uses only this API:
     constants: keep ":" out of them), bytes parts (hashes, ids, tokens) are base64url-encoded
     without padding, so a binary part can never forge a separator.
 
-``await backend.run(fn)``
+``await backend.run(fn, replicate=False)``
     Calls ``fn(redis)`` with ONE live connection (a txredisapi RedisProtocol) and returns what
     the Deferred (or coroutine) it returns gives. Replies are raw: bulk strings are bytes,
     integers int, status replies str ("OK"), nil None, arrays lists. The connection is shared
@@ -20,16 +20,26 @@ channels.py) takes the backend and uses only this API:
     reached) raises ``StoreFull`` (HTTP 507). Exceptions fn raises itself pass through.
     While Redis is down calls fail at once; the pool reconnects on its own when it returns.
     At most ``store.max_pending_operations`` calls are under way at once; more fail at once.
+    ``replicate=True`` marks a write that acknowledges client data: with
+    ``store.redis_wait_replicas`` > 0 the call then also sends WAIT on the same connection
+    (WAIT counts the replicas that have this connection's writes) and raises
+    StoreUnavailable (HTTP 500; the client retries) if fewer replicas acknowledged within
+    ``store.redis_wait_timeout``. Without the setting it costs nothing.
 
-``await backend.script(name_or_source, keys, args)``
+``await backend.script(name_or_source, keys, args, replicate=False)``
     Runs a Lua script (EVALSHA, then EVAL if Redis answers NOSCRIPT, e.g. after a restart)
     through ``run``, with its timeout and error mapping. Pass the script's source text (a
     module constant) or a name given to ``backend.register_script(name, source)``. A script
     that reads the time and then writes starts with ``scripting.PRELUDE`` and calls
-    ``now_ms()`` (Redis's clock, the one key TTLs run on).
+    ``now_ms()`` (Redis's clock, the one key TTLs run on). ``replicate`` as for ``run``; the
+    WAIT is pipelined right behind the script (no extra round trip).
 
 ``backend.clock``
     The reactor the backend was built with (timeouts; it also makes the connections).
+
+``backend.endpoint``
+    The client endpoint to Redis, for a dedicated connection of one's own (pub/sub): with a
+    redis+sentinel:// URL it asks the sentinels where the master is before connecting.
 
 ``backend.memory``
     Redis's memory as last read (relay.store.redis.memory): ``backend.memory.check(size)``
@@ -51,6 +61,7 @@ import hashlib
 import os
 import sys
 import time
+import weakref
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -69,6 +80,8 @@ from relay.store.errors import StoreFull, StoreUnavailable
 from relay.store.redis.address import parse_redis_url
 from relay.store.redis.memory import RedisMemory, eviction_refusal, read_eviction_policy
 from relay.store.redis.pool import ConnectionPool
+from relay.store.redis.sentinel import CHECK_INTERVAL as SENTINEL_CHECK_INTERVAL
+from relay.store.redis.sentinel import SentinelEndpoint
 
 KEY_PREFIX = "relay"
 
@@ -106,12 +119,23 @@ class RedisBackend:
         self.config = config
         self.clock = clock
         self.address = parse_redis_url(config.url)
-        if self.address.socket_path is not None:
+        # Verified connections (weakly: the pool owns them), so that a failover can drop
+        # those still open to the old master.
+        self._connections: weakref.WeakSet = weakref.WeakSet()
+        self.sentinel: SentinelEndpoint | None = None
+        if self.address.sentinels:
+            assert self.address.master_name is not None
+            endpoint = self.sentinel = SentinelEndpoint(
+                clock, self.address.sentinels, self.address.master_name,
+                timeout=config.operation_timeout, password=config.redis_sentinel_password)
+            self.sentinel.on_master_changed = self._master_changed
+        elif self.address.socket_path is not None:
             endpoint = UNIXClientEndpoint(clock, self.address.socket_path,
                                           timeout=config.operation_timeout)
         else:
             endpoint = HostnameEndpoint(clock, self.address.host, self.address.port,
                                         timeout=config.operation_timeout)
+        self.endpoint = endpoint
         self.pool = ConnectionPool(endpoint, self.address, config.pool_size, clock,
                                    verify=self._verify_connection,
                                    verify_timeout=config.operation_timeout)
@@ -136,7 +160,7 @@ class RedisBackend:
 
     # -- running commands -------------------------------------------------------------------
 
-    async def run(self, fn: Callable[[Any], Any]) -> Any:
+    async def run(self, fn: Callable[[Any], Any], replicate: bool = False) -> Any:
         if not self._running:
             self._failed("not_running")
             raise StoreUnavailable("the Redis store is not running")
@@ -146,7 +170,7 @@ class RedisBackend:
         started = time.monotonic()
         call = _Call()
         self.pending_calls += 1
-        attempt = Deferred.fromCoroutine(self._call(fn, call))
+        attempt = Deferred.fromCoroutine(self._call(fn, call, replicate))
         call.due = self.clock.seconds() + self.config.operation_timeout
         call.timer = self.clock.callLater(self.config.operation_timeout, self._time_out,
                                           attempt, call)
@@ -159,6 +183,10 @@ class RedisBackend:
                     f"Redis did not answer within {self.config.operation_timeout} s") from None
             raise
         except txredisapi.ResponseError as e:
+            if "READONLY" in str(e):
+                # A master demoted to replica (a failover) while this connection stayed
+                # open: drop it; the pool reconnects to the master the sentinels name.
+                _abort(call.connection)
             error = _error_reply(e)
             self._failed("full" if isinstance(error, StoreFull) else "error_reply")
             raise error from None
@@ -175,18 +203,33 @@ class RedisBackend:
             if call.timer.active():
                 call.timer.cancel()
 
-    async def _call(self, fn: Callable[[Any], Any], call: _Call) -> Any:
+    async def _call(self, fn: Callable[[Any], Any], call: _Call, replicate: bool) -> Any:
         connection = self.pool.pick()
         if connection is None:
             connection = await self.pool.wait()
         call.connection = connection
         result = fn(connection)
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
-            return await result
+            result = await result
+        if replicate and self.config.redis_wait_replicas:
+            await self._acknowledged(self._send_wait(connection))
         return result
 
     def _failed(self, kind: str) -> None:
         self.call_errors[kind] = self.call_errors.get(kind, 0) + 1
+
+    # -- replication (WAIT) -----------------------------------------------------------------
+
+    def _send_wait(self, connection: Any) -> Deferred:
+        timeout_ms = max(1, round(self.config.redis_wait_timeout * 1000))
+        return connection.execute_command("WAIT", self.config.redis_wait_replicas, timeout_ms)
+
+    async def _acknowledged(self, waiting: Deferred) -> None:
+        replicas = int(await waiting)
+        if replicas < self.config.redis_wait_replicas:
+            raise StoreUnavailable(
+                f"only {replicas} of {self.config.redis_wait_replicas} Redis replicas "
+                f"acknowledged the write within {self.config.redis_wait_timeout} s")
 
     def _time_out(self, attempt: Deferred, call: _Call) -> None:
         if not call.graced and self.clock.seconds() - call.due > LATE_BY:
@@ -207,33 +250,63 @@ class RedisBackend:
         self._named_scripts[name] = source
 
     async def script(self, name_or_source: str, keys: Sequence[str | bytes],
-                     args: Sequence[Any]) -> Any:
+                     args: Sequence[Any], replicate: bool = False) -> Any:
         source = self._named_scripts.get(name_or_source, name_or_source)
         sha = self._script_hashes.get(source)
         if sha is None:
             sha = hashlib.sha1(source.encode()).hexdigest()
             self._script_hashes[source] = sha
         keys_and_args = [len(keys), *keys, *args]
+        waits = replicate and self.config.redis_wait_replicas > 0
 
         async def evaluate(redis: Any) -> Any:
+            sent = redis.execute_command("EVALSHA", sha, *keys_and_args)
+            # WAIT goes right behind the script on the same connection: one round trip.
+            waiting = self._send_wait(redis) if waits else None
             try:
-                return await redis.execute_command("EVALSHA", sha, *keys_and_args)
-            except txredisapi.ResponseError as e:
-                if not str(e).startswith("NOSCRIPT"):
-                    raise
-            # Redis does not know the script yet (first use, restart, SCRIPT FLUSH); EVAL
-            # runs and caches it.
-            return await redis.execute_command("EVAL", source, *keys_and_args)
+                try:
+                    result = await sent
+                except txredisapi.ResponseError as e:
+                    if not str(e).startswith("NOSCRIPT"):
+                        raise
+                    # Redis does not know the script yet (first use, restart, SCRIPT
+                    # FLUSH); EVAL runs and caches it (and is waited for in its turn).
+                    if waiting is not None:
+                        waiting.addErrback(lambda failure: None)
+                    sent = redis.execute_command("EVAL", source, *keys_and_args)
+                    waiting = self._send_wait(redis) if waits else None
+                    result = await sent
+            except BaseException:
+                if waiting is not None:
+                    waiting.addErrback(lambda failure: None)
+                raise
+            if waiting is not None:
+                await self._acknowledged(waiting)
+            return result
 
         return await self.run(evaluate)
 
     async def _verify_connection(self, connection: Any) -> str | None:
+        if self.sentinel is not None:
+            # The sentinels may still name a master that has just been demoted: only a
+            # master is used (raising drops the connection; the pool asks again).
+            role = await connection.execute_command("ROLE")
+            if not role or role[0] != b"master":
+                raise StoreUnavailable("the Redis the sentinels named is not a master (yet)")
+            self._connections.add(connection)
         policy = await read_eviction_policy(connection)
         if policy is None and not self._policy_unknown_logged:
             self._policy_unknown_logged = True
             log.warn("could not read Redis's maxmemory-policy (CONFIG and INFO refused); "
                      "make sure it is noeviction")
         return eviction_refusal(policy, self.config.allow_evicting_redis)
+
+    def _master_changed(self, address: tuple[str, int]) -> None:
+        # The sentinels name a new master: connections still open to the old one (it may
+        # come back as a replica, or be cut off from the others) are dropped.
+        for connection in list(self._connections):
+            if getattr(connection, "sentinel_master", address) != address:
+                _abort(connection)
 
     def usage(self) -> dict[str, Any]:
         """Redis's memory as last read, and the limit uploads are refused at."""
@@ -251,6 +324,11 @@ class RedisBackend:
     async def _stop(self) -> None:
         self._running = False
         await self.pool.stop()
+
+
+def _abort(connection: Any) -> None:
+    if connection is not None and connection.transport is not None:
+        connection.transport.abortConnection()
 
 
 def _error_reply(error: txredisapi.ResponseError) -> Exception:
@@ -285,6 +363,10 @@ class _RedisService(MultiService):
                             lambda: Deferred.fromCoroutine(backend.memory.poll(backend)))
         poll.clock = backend.clock
         poll.setServiceParent(self)
+        if backend.sentinel is not None:
+            watch = TimerService(SENTINEL_CHECK_INTERVAL, backend.sentinel.check)
+            watch.clock = backend.clock
+            watch.setServiceParent(self)
 
     def _refused(self, reason: str) -> None:
         log.critical("refusing to use this Redis: {reason}", reason=reason)

@@ -315,7 +315,7 @@ class RedisFileStore:
         outcome = await self._backend.script(
             _CREATE, [self._file_key(record.file_id)],
             [record.file_id, self._everyone, ledger, client_ledger, ttl_ms(ttl),
-             ttl_ms(stall_ttl), *_caps(caps), record.reserved, *fields])
+             ttl_ms(stall_ttl), *_caps(caps), record.reserved, *fields], replicate=True)
         if isinstance(outcome, bytes):
             raise StoreFull(_REFUSALS.get(outcome, "the relay's file storage is full"))
         if outcome == 1:
@@ -352,7 +352,7 @@ class RedisFileStore:
             [file_id, self._everyone, request.part, info.size, info.blob + info.nonce,
              1 if request.last else 0, request.max_parts, request.max_bytes,
              ttl_ms(request.ttl), ttl_ms(request.complete_ttl), ttl_ms(request.stall_ttl),
-             request.charge, request.caps.window, *_caps(request.caps)])
+             request.charge, request.caps.window, *_caps(request.caps)], replicate=True)
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         replaced = None
         if isinstance(old, bytes) and len(old) >= BLOB_BYTES:
@@ -397,7 +397,7 @@ class RedisChunkStore:
                     ttl: float) -> None:
         key = self._key(file_id, part, blob)
         await self._backend.run(lambda redis: redis.execute_command(
-            "SET", key, data, "PX", ttl_ms(ttl)))
+            "SET", key, data, "PX", ttl_ms(ttl)), replicate=True)
 
     async def read(self, file_id: bytes, part: int, blob: bytes) -> bytes | None:
         key = self._key(file_id, part, blob)

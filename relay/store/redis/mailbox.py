@@ -281,7 +281,8 @@ class RedisMailboxStore:
             [msg_id, record, ttl_ms(ttl), quota.max_messages, quota.mailbox_max_bytes,
              sender_prefix, quota.sender_max_messages, quota.sender_max_bytes,
              client_prefix, quota.client_max_messages, quota.client_max_bytes,
-             rate_prefix, quota.client_upload_bytes, ttl_ms(quota.client_upload_window)])
+             rate_prefix, quota.client_upload_bytes, ttl_ms(quota.client_upload_window)],
+            replicate=True)
         if result != STORED:
             error, message = _REFUSALS.get(result, (StoreFull, "refused"))
             raise error(message)

@@ -16,7 +16,6 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -70,15 +69,9 @@ class RedisChangeFeed:
         self.on_live = on_live
         self.live = False
         self.messages = 0  # for tests and metrics
-        clock, config = backend.clock, backend.config
-        if backend.address.socket_path is not None:
-            endpoint = UNIXClientEndpoint(clock, backend.address.socket_path,
-                                          timeout=config.operation_timeout)
-        else:
-            endpoint = HostnameEndpoint(clock, backend.address.host, backend.address.port,
-                                        timeout=config.operation_timeout)
-        self._service = ClientService(endpoint, _SubscriberFactory(self),
-                                      retryPolicy=_retry_delay, clock=clock)
+        # The backend's endpoint: with Sentinel it asks where the master is first.
+        self._service = ClientService(backend.endpoint, _SubscriberFactory(self),
+                                      retryPolicy=_retry_delay, clock=backend.clock)
         self._protocol: _Subscriber | None = None
 
     def start(self) -> None:

@@ -73,7 +73,8 @@ class RedisSessionStore:
     async def finish_handshake(self, key: bytes, hpk: bytes, session: Session,
                                ttl: float) -> bool:
         keys = [self._handshake_key(key), self._session_key(hpk)]
-        done = await self._backend.script(_FINISH, keys, [encode_session(session), ttl_ms(ttl)])
+        done = await self._backend.script(_FINISH, keys, [encode_session(session), ttl_ms(ttl)],
+                                          replicate=True)
         return done == 1
 
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
