@@ -8,12 +8,11 @@ from typing import Any
 from twisted.web import http, server
 
 from relay.config import HTTPConfig
-from relay.web.channel import ChannelLimits, RelayChannel
+from relay.web.channel import ChannelLimits, RelayChannel, canned
 from relay.web.guard import BodyBudget, ConnectionGuard, DescriptorGuard, RefusalLog
 
-_TOO_LARGE = (b"HTTP/1.1 413 Request Entity Too Large\r\n"
-              b"Content-Length: 0\r\nAccess-Control-Allow-Origin: *\r\n"
-              b"X-Error-Details: request body too large\r\nConnection: close\r\n\r\n")
+# canned(): with the CORS headers, so a browser page can read the status and the details.
+_TOO_LARGE = canned(413, "Request Entity Too Large", "request body too large")
 
 
 class CappedRequest(server.Request):
