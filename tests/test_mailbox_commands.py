@@ -165,17 +165,22 @@ def test_command_without_session_is_401(relay):
     assert stranger.command({"cmd": "count"})[0] == 401
 
 
-def test_command_replayed_nonce_is_401(relay, pair):
+def test_command_replayed_nonce_is_400(relay, pair):
+    """As in Zax: a nonce error is bad input (401 would make clients handshake again)."""
     alice, _ = pair
     body = alice.command_body({"cmd": "count"})
     assert relay.post("command", body)[0] == 200
-    assert relay.post("command", body)[0] == 401
+    assert relay.post("command", body) == (400, b"")
+    # The session is still good.
+    assert alice.command({"cmd": "count"})[0] == 200
 
 
-def test_command_stale_nonce_is_401(relay, pair):
+def test_command_stale_nonce_is_400(relay, pair):
     alice, _ = pair
-    body = alice.command_body({"cmd": "count"}, nonce=make_nonce(relay.clock.seconds() - 61))
-    assert relay.post("command", body)[0] == 401
+    for offset in (-61, 61, -3600):
+        nonce = make_nonce(relay.clock.seconds() + offset)
+        body = alice.command_body({"cmd": "count"}, nonce=nonce)
+        assert relay.post("command", body) == (400, b""), offset
 
 
 def test_fourth_line_on_message_command_is_400(pair):

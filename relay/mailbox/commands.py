@@ -93,7 +93,7 @@ class CommandProcessor:
             # 401 makes clients handshake again.
             raise unauthorized("the command box does not open with this session") from None
         if not fresh:
-            raise unauthorized("nonce replayed")
+            raise bad_request("nonce replayed")  # 400 as in Zax, like a stale nonce
         data = _parse_command(plain)
         name = data["cmd"]
         handler = self.handlers.get(name)
