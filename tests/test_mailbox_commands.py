@@ -159,6 +159,34 @@ def test_command_not_json_is_400(relay, pair):
     assert relay.post("command", body)[0] == 400
 
 
+def raw_command(relay, client, plain: bytes, extra: bytes | None = None) -> tuple[int, bytes]:
+    nonce = make_nonce(relay.clock.seconds())
+    ctext = client.box.encrypt(plain, nonce).ciphertext
+    lines = [b64encode(client.hpk), b64encode(nonce), b64encode(ctext)]
+    return relay.post("command", crlf(*lines, *([extra] if extra else [])))
+
+
+@pytest.mark.parametrize("plain", [
+    b"[" * 50_000 + b"]" * 50_000,
+    b'{"cmd":"upload","to":"%s","payload":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    b'{"cmd":"count","x":' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}",
+    b'{"cmd":"count","x":NaN}',
+    b'{"cmd":"count"}'.decode().encode("utf-16"),
+])
+def test_deep_or_not_quite_json_commands_are_400(relay, pair, plain):
+    """Refused before parsing (Python's parser would recurse 50,000 deep), nothing stored."""
+    alice, bob = pair
+    plain = plain.replace(b"%s", b64encode(bob.hpk).encode())
+    assert raw_command(relay, alice, plain) == (400, b"")
+    assert bob.open(bob.command({"cmd": "count"})[1]) == 0
+
+
+def test_deep_file_command_is_400(relay, pair):
+    alice, _ = pair
+    plain = b'{"cmd":"uploadFileChunk","uploadID":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert raw_command(relay, alice, plain, extra=b"QUJD") == (400, b"")
+
+
 def test_command_without_session_is_401(relay):
     stranger = relay.client()
     stranger.relay_pk = os.urandom(32)
