@@ -47,6 +47,8 @@ MAX_PART_NUMBER = 2**31 - 1
 # The chunk's secretbox nonce is 24 bytes for every known client; allow some slack.
 MAX_CHUNK_NONCE_BYTES = 64
 BLOB_ID_BYTES = 8
+# metadata.nonce in base64 characters, at least (Zax: a 24-byte nonce is 32).
+MIN_METADATA_NONCE_CHARS = 32
 _NOT_FOUND = {"status": "NOT_FOUND"}
 # Bytes secretbox adds to a chunk (its MAC).
 SECRETBOX_OVERHEAD = 16
@@ -105,6 +107,11 @@ class FileCommands:
         metadata = ctx.data.get("metadata")
         if not isinstance(metadata, dict):
             raise bad_request("metadata must be an object with ctext and nonce")
+        nonce_text = metadata.get("nonce")
+        if not isinstance(nonce_text, str) or len(nonce_text) < MIN_METADATA_NONCE_CHARS:
+            # Zax's check: the id of the file's message is a nonce, not a short label.
+            raise bad_request(f"metadata.nonce must be {MIN_METADATA_NONCE_CHARS} or more "
+                              "base64 characters")
         msg_id = b64_field(metadata, "nonce", max_length=MAX_ID_BYTES)
         ctext = metadata.get("ctext")
         # Any size here: the record size check below answers 413 for one too large.
