@@ -499,3 +499,44 @@ def test_canonical_address() -> None:
     for unchanged in (IPv6Address("TCP", "::1", 5), IPv4Address("TCP", "192.0.2.1", 5),
                       IPv6Address("TCP", "not an address", 5), UNIXAddress(b"/x")):
         assert canonical_address(unchanged) is unchanged
+
+
+def test_proxy_connections_are_admitted_as_the_client_their_header_names() -> None:
+    """Twisted's PROXY wrapper connects the HTTP channel before the header arrives: the
+    connection caps count nothing until then, then the header's client (not the proxy)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+    from twisted.web.resource import Resource
+
+    from relay.config import HTTPConfig
+    from relay.web.guard import ConnectionGuard, DescriptorGuard, RefusalLog
+    from relay.web.request import RelaySite
+
+    class Ok(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            return b"ok"
+
+    clock = Clock()
+    guard = ConnectionGuard(10, 1, DescriptorGuard(None, 0), RefusalLog(clock, "HTTP"))
+    factory = HAProxyWrappingFactory(RelaySite(Ok(), HTTPConfig(), reactor=clock, guard=guard))
+    proxy = IPv4Address("TCP", "127.0.0.1", 50000)
+
+    def connect(client: str) -> StringTransport:
+        protocol = factory.buildProtocol(proxy)
+        transport = StringTransport(peerAddress=proxy,
+                                    hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        before = guard.total
+        protocol.makeConnection(transport)
+        assert guard.total == before  # the client is not known yet
+        protocol.dataReceived(proxy_header(2, (client, 40000), ("192.0.2.1", 443)))
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n")
+        return transport
+
+    first, other, again = connect("198.51.100.7"), connect("198.51.100.8"), connect("198.51.100.7")
+    assert guard.per_client == {"198.51.100.7/32": 1, "198.51.100.8/32": 1}
+    assert first.value().startswith(b"HTTP/1.1 200") and other.value().startswith(b"HTTP/1.1 200")
+    assert again.value().startswith(b"HTTP/1.1 429") and again.disconnecting
