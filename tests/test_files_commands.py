@@ -243,7 +243,7 @@ async def test_upload_chunk_errors(make_relay):
     cases = [
         (dict(command, part=-1), chunk, 400),
         (dict(command, part=2**40), chunk, 400),
-        (dict(command, part=4), chunk, 400),     # 3500 bytes allow parts 0..3
+        (dict(command, part=3500), chunk, 400),  # 3500 bytes allow parts 0..3499
         (dict(command, part="0"), chunk, 400),
         (dict(command, part=None), chunk, 400),
         (dict(command, nonce="%%%"), chunk, 400),
@@ -513,7 +513,7 @@ async def test_tiny_parts_cost_a_block_each_and_are_capped(make_relay):
         return {"cmd": "uploadFileChunk", "uploadID": upload_id, "part": part,
                 "nonce": b64encode(os.urandom(24)), "last_chunk": last}
 
-    # 200_000 bytes would allow 196 parts by size: the part cap allows 64.
+    # 200_000 bytes would allow 200_000 parts by size: the part cap allows 64.
     assert (await alice.command(command(64), one_byte))[0] == 400
     for part in range(64):
         assert await alice.enc(command(part, last=part == 63), one_byte) == {"status": "OK"}

@@ -1,9 +1,10 @@
 """Interoperability with the real glow.ts client from npm, against a real `twistd relay` process.
 
-tests/interop/glow_scenario.mjs does the talking (two identities: handshake, messages, files)
-and checks every answer; this side installs glow.ts, runs the relay at difficulty 0 and 8
-(memory store) and at difficulty 0 on a real redis-server, runs the scenario, and then reads
-the relay's log for server errors and leaked key material.
+tests/interop/glow_scenario.mjs does the talking (two identities: handshake, messages, files,
+among them files cut in many small parts) and checks every answer; this side installs glow.ts
+(tests/interop_node.py, once per session), runs the relay at difficulty 0 and 8 (memory
+store) and at difficulty 0 on a real redis-server (the file test also at 8 on Redis), runs
+the scenario, and then reads the relay's log for server errors and leaked key material.
 
 Nothing here is skipped: without node/npm, or when the install fails, the tests fail.
 """
@@ -11,84 +12,35 @@ Nothing here is skipped: without node/npm, or when the install fails, the tests 
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.interop_node import (
+    INSTALL_TIMEOUT,
+    INTEROP_DIR,
+    SCENARIO_TIMEOUT,
+    _node_modules_locked,
+    _tail,
+    glow_node,
+)
 from tests.relay_process import RelayProcess
 
-INTEROP_DIR = Path(__file__).parent / "interop"
 SCENARIO = INTEROP_DIR / "glow_scenario.mjs"
-
-INSTALL_TIMEOUT = 300.0
-SCENARIO_TIMEOUT = 120.0
-
-
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
-# Several test runs may share this working tree, and `npm ci` empties node_modules first: an
-# install holds this lock exclusively, a scenario run shares it, so neither pulls
-# node_modules from under the other.
-_NODE_MODULES_LOCK = Path(tempfile.gettempdir()) / (
-    "relay-interop-" + hashlib.sha256(str(INTEROP_DIR.resolve()).encode()).hexdigest()[:16]
-    + ".lock")
-
-
-@contextlib.contextmanager
-def _node_modules_locked(exclusive: bool, timeout: float) -> Iterator[None]:
-    with _NODE_MODULES_LOCK.open("a") as lock:
-        deadline = time.monotonic() + timeout
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        while True:
-            try:
-                fcntl.flock(lock, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another test run held {_NODE_MODULES_LOCK} for {timeout} s")
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    """node, with glow.ts installed into tests/interop/node_modules by npm (once per session)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("the glow.ts interop test needs node and npm on PATH (Node 18 or later)")
-    locked = (INTEROP_DIR / "package-lock.json").exists()
-    command = [npm, "ci" if locked else "install", "--no-audit", "--no-fund", "--loglevel=error"]
-    with _node_modules_locked(exclusive=True, timeout=INSTALL_TIMEOUT + SCENARIO_TIMEOUT):
-        try:
-            result = subprocess.run(command, cwd=INTEROP_DIR, capture_output=True, text=True,
-                                    timeout=INSTALL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`npm {command[1]}` in {INTEROP_DIR} took over {INSTALL_TIMEOUT} s")
-        if result.returncode != 0:
-            pytest.fail(f"`npm {command[1]}` in {INTEROP_DIR} failed ({result.returncode}):\n"
-                        f"{_tail(result.stdout + result.stderr)}")
-        wanted = json.loads((INTEROP_DIR / "package.json").read_text())["dependencies"]["glow.ts"]
-        installed = json.loads(
-            (INTEROP_DIR / "node_modules" / "glow.ts" / "package.json").read_text())["version"]
-    assert installed == wanted, f"npm installed glow.ts {installed}, package.json pins {wanted}"
-    return node
+    """node, with glow.ts installed into tests/interop/node_modules by npm: once per test
+    session, however many modules use this fixture (tests.interop_node remembers)."""
+    return glow_node()
 
 
 class GlowRelay(RelayProcess):
@@ -102,9 +54,13 @@ class GlowRelay(RelayProcess):
                                    "--files-dir", str(self.files_dir)], staple=True)
 
 
-# (difficulty, store): both difficulties the issue asks for, and the Redis back-end once.
-@pytest.fixture(params=[(0, "memory"), (8, "memory"), (0, "redis")],
-                ids=["difficulty0", "difficulty8", "difficulty0-redis"])
+# (difficulty, store): both difficulties, and the Redis back-end once (the file test runs
+# both difficulties on both stores).
+RELAYS = [(0, "memory"), (8, "memory"), (0, "redis")]
+RELAY_IDS = ["difficulty0", "difficulty8", "difficulty0-redis"]
+
+
+@pytest.fixture(params=RELAYS, ids=RELAY_IDS)
 def relay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GlowRelay]:
     difficulty, store = request.param
     store_url = "memory"
@@ -168,13 +124,17 @@ def test_glow_messages(node: str, relay: GlowRelay) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("relay", [*RELAYS, (8, "redis")], indirect=True,
+                         ids=[*RELAY_IDS, "difficulty8-redis"])
 def test_glow_files(node: str, relay: GlowRelay) -> None:
     """glow.ts uploads a multi-chunk file, the other identity downloads it byte-identical and
-    deletes it."""
+    deletes it; then files cut in many small parts of uneven sizes, sent out of order."""
     result = run_scenario(node, relay, "files")
     assert result["ok"] is True
     assert result["chunks"] >= 3
     assert result["file_size"] > 2 * result["chunk_size"]
+    small = result["small_parts"]
+    assert len(small) == 3 and small[0] >= 4 and small[1] >= 30 and small[2] == 1, small
     assert_log_is_clean(relay, result["relay_must_not_log"])
     # Deleted means gone from disk too (small bookkeeping files may stay; chunks may not).
     left = {str(path.relative_to(relay.files_dir)): path.stat().st_size

@@ -159,23 +159,56 @@ def test_command_not_json_is_400(relay, pair):
     assert relay.post("command", body)[0] == 400
 
 
+def raw_command(relay, client, plain: bytes, extra: bytes | None = None) -> tuple[int, bytes]:
+    nonce = make_nonce(relay.clock.seconds())
+    ctext = client.box.encrypt(plain, nonce).ciphertext
+    lines = [b64encode(client.hpk), b64encode(nonce), b64encode(ctext)]
+    return relay.post("command", crlf(*lines, *([extra] if extra else [])))
+
+
+@pytest.mark.parametrize("plain", [
+    b"[" * 50_000 + b"]" * 50_000,
+    b'{"cmd":"upload","to":"%s","payload":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    b'{"cmd":"count","x":' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}",
+    b'{"cmd":"count","x":NaN}',
+    b'{"cmd":"count"}'.decode().encode("utf-16"),
+])
+def test_deep_or_not_quite_json_commands_are_400(relay, pair, plain):
+    """Refused before parsing (Python's parser would recurse 50,000 deep), nothing stored."""
+    alice, bob = pair
+    plain = plain.replace(b"%s", b64encode(bob.hpk).encode())
+    assert raw_command(relay, alice, plain) == (400, b"")
+    assert bob.open(bob.command({"cmd": "count"})[1]) == 0
+
+
+def test_deep_file_command_is_400(relay, pair):
+    alice, _ = pair
+    plain = b'{"cmd":"uploadFileChunk","uploadID":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert raw_command(relay, alice, plain, extra=b"QUJD") == (400, b"")
+
+
 def test_command_without_session_is_401(relay):
     stranger = relay.client()
     stranger.relay_pk = os.urandom(32)
     assert stranger.command({"cmd": "count"})[0] == 401
 
 
-def test_command_replayed_nonce_is_401(relay, pair):
+def test_command_replayed_nonce_is_400(relay, pair):
+    """As in Zax: a nonce error is bad input (401 would make clients handshake again)."""
     alice, _ = pair
     body = alice.command_body({"cmd": "count"})
     assert relay.post("command", body)[0] == 200
-    assert relay.post("command", body)[0] == 401
+    assert relay.post("command", body) == (400, b"")
+    # The session is still good.
+    assert alice.command({"cmd": "count"})[0] == 200
 
 
-def test_command_stale_nonce_is_401(relay, pair):
+def test_command_stale_nonce_is_400(relay, pair):
     alice, _ = pair
-    body = alice.command_body({"cmd": "count"}, nonce=make_nonce(relay.clock.seconds() - 61))
-    assert relay.post("command", body)[0] == 401
+    for offset in (-61, 61, -3600):
+        nonce = make_nonce(relay.clock.seconds() + offset)
+        body = alice.command_body({"cmd": "count"}, nonce=nonce)
+        assert relay.post("command", body) == (400, b""), offset
 
 
 def test_fourth_line_on_message_command_is_400(pair):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from relay.crypto import b64encode, h2, make_nonce
+from relay.crypto import b64decode, b64encode, h2, make_nonce
 from tests.mailbox_harness import MemoryRelay
 from tests.zax import crlf
 
@@ -133,11 +133,23 @@ def test_prove_with_box_for_another_key_is_400(relay):
     assert relay.post("prove", crlf(*lines))[0] == 400
 
 
-def test_prove_stale_nonce_is_401(relay):
+def test_prove_stale_nonce_is_400(relay):
+    """As in Zax: a nonce error is bad input, not an unknown session."""
     client = relay.client()
     client.start(), client.verify()
     stale = make_nonce(relay.clock.seconds() - 3600)
-    assert relay.post("prove", client.prove_body(outer_nonce=stale))[0] == 401
+    assert relay.post("prove", client.prove_body(outer_nonce=stale))[0] == 400
+
+
+def test_prove_replayed_nonce_is_400(relay):
+    first = relay.connected()
+    client = relay.client()
+    client.start(), client.verify()
+    # The outer nonce of another client's command, already seen by the relay.
+    body = first.command_body({"cmd": "count"})
+    assert relay.post("command", body)[0] == 200
+    used = b64decode(body.split(b"\r\n")[1].decode(), 24)
+    assert relay.post("prove", client.prove_body(outer_nonce=used))[0] == 400
 
 
 def test_prove_only_once(relay):

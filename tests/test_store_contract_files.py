@@ -62,10 +62,10 @@ def new_record(reserved: int = 10_000, sender: bytes | None = None, client: str 
 def put(part: int, size: int = 100, last: bool = False, max_parts: int = 10,
         max_bytes: int = 10_000, ttl: float = LONG, complete_ttl: float = LONG,
         stall_ttl: float = LONG, charge: int | None = None,
-        limits: FileCaps = OPEN) -> PutRequest:
+        limits: FileCaps = OPEN, part_overhead: int = 0) -> PutRequest:
     info = PartInfo(size, os.urandom(24), os.urandom(8))
     return PutRequest(part, info, size if charge is None else charge, last, max_parts,
-                      max_bytes, ttl, complete_ttl, stall_ttl, limits)
+                      max_bytes, ttl, complete_ttl, stall_ttl, limits, part_overhead)
 
 
 @pytest_twisted.ensureDeferred
@@ -136,6 +136,28 @@ async def test_part_bounds_change_nothing(store_factory):
     got = await files.get(record.file_id, all_parts=True)
     assert (got.bytes_stored, got.part_count, got.last_part) == (200, 2, 4)
     assert (await files.put_part(os.urandom(32), put(0)))[0] == PutOutcome.NOT_FOUND
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_bound_grows_with_the_parts_stored(store_factory):
+    """max_bytes + part_overhead per part stored after the write (a part's MAC)."""
+    files = store_factory.files
+    record = new_record()
+    await files.create(record, LONG, LONG, OPEN)
+
+    def request(part: int, size: int) -> PutRequest:
+        return put(part, size, max_bytes=100, part_overhead=16)
+
+    assert (await files.put_part(record.file_id, request(0, 117)))[0] == \
+        PutOutcome.TOO_MANY_BYTES
+    assert (await files.put_part(record.file_id, request(0, 116)))[0] == PutOutcome.OK
+    assert (await files.put_part(record.file_id, request(1, 17)))[0] == \
+        PutOutcome.TOO_MANY_BYTES
+    assert (await files.put_part(record.file_id, request(1, 16)))[0] == PutOutcome.OK
+    # Replacing a part counts it once: 50 + 16 + 2 * 16 <= 100 + 2 * 16.
+    assert (await files.put_part(record.file_id, request(0, 50)))[0] == PutOutcome.OK
+    got = await files.get(record.file_id)
+    assert (got.bytes_stored, got.part_count) == (66, 2)
 
 
 @pytest_twisted.ensureDeferred

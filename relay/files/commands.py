@@ -17,10 +17,10 @@ from relay.crypto import b64encode
 from relay.files.codec import ChunkEncodingError, decode_chunk, encode_chunk
 from relay.files.ids import UploadIds, file_id
 from relay.files.limits import (
+    PART_OVERHEAD,
     initial_reservation,
     max_charge,
     max_parts,
-    max_stored_bytes,
     part_charge,
 )
 from relay.mailbox.commands import CommandContext, CommandProcessor
@@ -47,6 +47,8 @@ MAX_PART_NUMBER = 2**31 - 1
 # The chunk's secretbox nonce is 24 bytes for every known client; allow some slack.
 MAX_CHUNK_NONCE_BYTES = 64
 BLOB_ID_BYTES = 8
+# metadata.nonce in base64 characters, at least (Zax: a 24-byte nonce is 32).
+MIN_METADATA_NONCE_CHARS = 32
 _NOT_FOUND = {"status": "NOT_FOUND"}
 # Bytes secretbox adds to a chunk (its MAC).
 SECRETBOX_OVERHEAD = 16
@@ -105,6 +107,11 @@ class FileCommands:
         metadata = ctx.data.get("metadata")
         if not isinstance(metadata, dict):
             raise bad_request("metadata must be an object with ctext and nonce")
+        nonce_text = metadata.get("nonce")
+        if not isinstance(nonce_text, str) or len(nonce_text) < MIN_METADATA_NONCE_CHARS:
+            # Zax's check: the id of the file's message is a nonce, not a short label.
+            raise bad_request(f"metadata.nonce must be {MIN_METADATA_NONCE_CHARS} or more "
+                              "base64 characters")
         msg_id = b64_field(metadata, "nonce", max_length=MAX_ID_BYTES)
         ctext = metadata.get("ctext")
         # Any size here: the record size check below answers 413 for one too large.
@@ -158,9 +165,11 @@ class FileCommands:
             return ctx.encrypted(_NOT_FOUND)
         if ctx.hpk != record.sender:
             raise bad_request("only the sender uploads chunks")
+        # The client numbers the parts and cuts them as it likes (Zax): only their count
+        # (and so the part numbers) and their bytes in all are bounded by the file's size.
         limit = max_parts(record.file_size, self.files_config.max_parts_per_file)
         if part >= limit:
-            raise bad_request(f"part must be below {limit} for this file size")
+            raise bad_request(f"part must be below {limit} for this file")
         incomplete_ttl, complete_ttl = self._lifetimes(ctx.clock.seconds(), record.expires_at)
         if complete_ttl <= 0:
             return ctx.encrypted(_NOT_FOUND)
@@ -171,9 +180,10 @@ class FileCommands:
         request = PutRequest(
             part=part, info=PartInfo(len(chunk), nonce, blob),
             charge=part_charge(len(chunk), self.files_config.charge_block_size), last=last,
-            max_parts=limit, max_bytes=max_stored_bytes(record.file_size),
+            max_parts=limit, max_bytes=record.file_size,
             ttl=incomplete_ttl, complete_ttl=complete_ttl,
-            stall_ttl=self.files_config.stalled_upload_ttl, caps=self.caps)
+            stall_ttl=self.files_config.stalled_upload_ttl, caps=self.caps,
+            part_overhead=PART_OVERHEAD)
         try:
             outcome, replaced = await self.store.files.put_part(fid, request)
         except BaseException:

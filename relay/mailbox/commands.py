@@ -18,6 +18,7 @@ from relay.mailbox.nonces import NonceGuard
 from relay.mailbox.wire import decode_field, split_lines
 from relay.store import Store
 from relay.web.errors import HTTPError, bad_request, unauthorized
+from relay.web.jsonbody import JSONBodyError, parse_json
 
 
 @attrs.define
@@ -56,9 +57,12 @@ def json_bytes(value: Any) -> bytes:
 class CommandProcessor:
     """Parses /command bodies and runs the named handler; handlers are registered by name."""
 
-    def __init__(self, config: MailboxConfig, store: Store, clock: IReactorTime) -> None:
+    def __init__(self, config: MailboxConfig, store: Store, clock: IReactorTime,
+                 max_json: int = 1024 * 1024) -> None:
         self.store = store
         self.clock = clock
+        # The longest command JSON parsed (the body cap bounds it too).
+        self.max_json = max_json
         self.nonces = NonceGuard(config, store, clock)
         self.handlers: dict[str, Handler] = {}
         # Commands that take a 4th line (the file chunk of uploadFileChunk).
@@ -93,8 +97,8 @@ class CommandProcessor:
             # 401 makes clients handshake again.
             raise unauthorized("the command box does not open with this session") from None
         if not fresh:
-            raise unauthorized("nonce replayed")
-        data = _parse_command(plain)
+            raise bad_request("nonce replayed")  # 400 as in Zax, like a stale nonce
+        data = _parse_command(plain, self.max_json)
         name = data["cmd"]
         handler = self.handlers.get(name)
         if handler is None:
@@ -112,11 +116,11 @@ DISABLED_FILE_COMMANDS = frozenset({
     "startFileUpload", "uploadFileChunk", "fileStatus", "downloadFileChunk", "deleteFile"})
 
 
-def _parse_command(plain: bytes) -> dict[str, Any]:
+def _parse_command(plain: bytes, max_bytes: int) -> dict[str, Any]:
     try:
-        data = json.loads(plain)
-    except ValueError:
-        raise bad_request("the command is not JSON") from None
+        data = parse_json(plain, max_bytes)
+    except JSONBodyError as e:
+        raise bad_request(f"the command is not JSON: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cmd"), str):
         raise bad_request("the command must be a JSON object with a cmd")
     return data

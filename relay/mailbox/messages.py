@@ -50,14 +50,7 @@ class MessageCommands:
 
     async def upload(self, ctx: CommandContext) -> list[str]:
         recipient = b64_field(ctx.data, "to", 32)
-        payload = ctx.data.get("payload")
-        if payload is None:
-            raise bad_request("payload is required")
-        if isinstance(payload, dict) and "nonce" in payload:
-            msg_id = b64_value(payload["nonce"], "payload.nonce", max_length=MAX_ID_BYTES)
-        else:
-            msg_id = make_nonce(ctx.clock.seconds())
-        data = payload["ctext"] if isinstance(payload, dict) and "ctext" in payload else payload
+        msg_id, data = self._payload(ctx)
         record = message_record(data, ctx.clock.seconds(), ctx.hpk, msg_id)
         if len(record) > self.config.max_message_size:
             raise HTTPError(413, "message too large")
@@ -69,6 +62,22 @@ class MessageCommands:
         except StoreRateLimited as e:
             raise HTTPError(429, str(e)) from None
         return [b64encode(token)]
+
+    @staticmethod
+    def _payload(ctx: CommandContext) -> tuple[bytes, str]:
+        """(message id, data) of an upload's payload: a string (the relay makes the id), or
+        {nonce, ctext} with both strings (the nonce is the id), as Zax takes it. Anything
+        else would reach the recipient as something no client can read."""
+        payload = ctx.data.get("payload")
+        if isinstance(payload, str):
+            return make_nonce(ctx.clock.seconds()), payload
+        if not isinstance(payload, dict):
+            raise bad_request("payload must be a string or an object with nonce and ctext")
+        ctext = payload.get("ctext")
+        if not isinstance(ctext, str):
+            raise bad_request("payload.ctext must be a string")
+        msg_id = b64_value(payload.get("nonce"), "payload.nonce", max_length=MAX_ID_BYTES)
+        return msg_id, ctext
 
     async def download(self, ctx: CommandContext) -> list[str]:
         start = int_field(ctx.data, "start", minimum=0, maximum=2**31, default=0)

@@ -1,4 +1,7 @@
-"""Nonce checks shared by /prove and /command: a time window and a replay cache."""
+"""Nonce checks shared by /prove and /command: a time window and a replay cache.
+
+A stale or replayed nonce is bad input, 400, as Zax answers it (not 401: clients take 401
+for an expired session and handshake again, which would hide the error)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from relay.config import MailboxConfig
 from relay.crypto import nonce_is_fresh
 from relay.store import Store
-from relay.web.errors import unauthorized
+from relay.web.errors import bad_request
 
 
 class NonceGuard:
@@ -22,9 +25,9 @@ class NonceGuard:
 
     def check_time(self, nonce: bytes) -> None:
         if not nonce_is_fresh(nonce, self.clock.seconds(), self.config.max_nonce_diff):
-            raise unauthorized("nonce timestamp outside the accepted window")
+            raise bad_request("nonce timestamp outside the accepted window")
 
     async def check(self, nonce: bytes) -> None:
         self.check_time(nonce)
         if not await self.store.sessions.claim_nonce(nonce, self.remember_for):
-            raise unauthorized("nonce replayed")
+            raise bad_request("nonce replayed")

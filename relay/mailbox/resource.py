@@ -72,7 +72,8 @@ def build_mailbox(config: RelayConfig, store: Store, clock: IReactorTime
     """The mailbox API's children of the root, the processor file commands plug into, and
     the handshake (whose difficulty the usage log reads)."""
     handshake = SessionHandshake(config.mailbox, store, clock)
-    processor = CommandProcessor(config.mailbox, store, clock)
+    processor = CommandProcessor(config.mailbox, store, clock,
+                                 max_json=config.http.max_command_body)
     MessageCommands(config.mailbox, store).register(processor)
     small = config.http.max_small_body
     children: dict[bytes, Resource] = {

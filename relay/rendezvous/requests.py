@@ -22,6 +22,7 @@ from relay.rendezvous.channel import (
     valid_name,
 )
 from relay.rendezvous.errors import Malformed
+from relay.web.jsonbody import nesting_ok
 
 
 @attrs.frozen
@@ -46,6 +47,8 @@ def _bad(message: str) -> Malformed:
 
 
 def _object(body: bytes, allowed: frozenset[str]) -> dict[str, Any]:
+    if not nesting_ok(body):  # before the parser recurses into it
+        raise _bad("body is not a JSON object")
     try:
         data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):

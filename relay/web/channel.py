@@ -29,6 +29,11 @@ from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http
 
+try:  # private in Twisted; without it, PROXY connections are admitted at once as before
+    from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+except ImportError:  # pragma: no cover
+    HAProxyProtocolWrapper = None  # type: ignore[assignment,misc]
+
 from relay.config import HTTPConfig
 from relay.web.guard import BodyBudget, ConnectionGuard, RefusalLog
 
@@ -83,6 +88,7 @@ class RelayChannel(http.HTTPChannel):
 
     _timer: Any = None
     _admitted_as: str | None = None
+    _admission_pending = False  # behind the PROXY protocol, until its header has come
     _last_read = 0.0  # the last byte's arrival, or the end of the last answer
     _served = False  # a request was answered: idle means keep-alive now
     _request_started: float | None = None  # set while a request is being received
@@ -98,18 +104,29 @@ class RelayChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         if self.guard is not None:
-            host = getattr(self.transport.getPeer(), "host", None)  # None: a UNIX socket
-            key = self.client_key(host) if (host and self.client_key) else "-"
-            refusal = self.guard.admit(key, self.transport)
-            if refusal is not None:
-                # No timer, no producer, nothing parsed: answer and go.
-                self.dataReceived = _ignore  # type: ignore[method-assign]
-                close_now(self.transport, REFUSALS[refusal])
+            if _awaits_proxy_header(self.transport):
+                # Twisted's PROXY wrapper connects us before the header names the client:
+                # admit on the first bytes after it (the timers below run meanwhile).
+                self._admission_pending = True
+            elif not self._admit():
                 return
-            self._admitted_as = key
         super().connectionMade()
         self._last_read = self.clock.seconds()
         self._arm(self._last_read + self.limits.request_timeout)
+
+    def _admit(self) -> bool:
+        """Count the connection against the caps, or answer the refusal and close."""
+        assert self.guard is not None
+        host = getattr(self.transport.getPeer(), "host", None)  # None: a UNIX socket
+        key = self.client_key(host) if (host and self.client_key) else "-"
+        refusal = self.guard.admit(key, self.transport)
+        if refusal is not None:
+            # Nothing parsed: answer and go.
+            self.dataReceived = _ignore  # type: ignore[method-assign]
+            close_now(self.transport, REFUSALS[refusal])
+            return False
+        self._admitted_as = key
+        return True
 
     def connectionLost(self, reason: Any) -> None:
         if self._timer is not None and self._timer.active():
@@ -124,6 +141,10 @@ class RelayChannel(http.HTTPChannel):
     # -- receiving --------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._admission_pending:
+            self._admission_pending = False
+            if not self._admit():
+                return
         now = self._last_read = self.clock.seconds()
         if self._request_started is None:
             if not self._handlingRequest:
@@ -335,6 +356,11 @@ def close_now(transport: Any, answer: bytes) -> None:
         return
     transport.write(answer)
     transport.loseConnection()
+
+
+def _awaits_proxy_header(transport: Any) -> bool:
+    """Is this a PROXY-protocol connection (whose client is not known yet when it opens)?"""
+    return HAProxyProtocolWrapper is not None and isinstance(transport, HAProxyProtocolWrapper)
 
 
 def _ignore(data: bytes) -> None:

@@ -1,9 +1,10 @@
 """Admission of new connections: caps in all and per client, and a file descriptor reserve.
 
-Refusing happens when a connection is made (its transport known, so a PROXY-protocol
-wrapper has already given the client's real address), with a short canned answer and a
-close; connections already admitted are never touched. Refusals are logged as one line per
-interval with a count, never one line per connection: a flood must not flood the log too.
+Refusing happens when a connection is made (behind the PROXY protocol: when its first bytes
+after the header arrive, as Twisted's wrapper connects us before the header names the
+client; see RelayChannel), with a short canned answer and a close; connections already
+admitted are never touched. Refusals are logged as one line per interval with a count, never
+one line per connection: a flood must not flood the log too.
 
 Why a descriptor reserve: at the process's RLIMIT_NOFILE, accept() fails with EMFILE.
 Twisted's tcp.Port then closes clients through its one reserved descriptor and logs a line

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import ipaddress
 from io import BytesIO
 from typing import Any
 
+import attrs
+from twisted.internet.address import IPv6Address
 from twisted.web import http, server
 
 from relay.config import HTTPConfig
-from relay.web.channel import ChannelLimits, RelayChannel
+from relay.web.channel import ChannelLimits, RelayChannel, canned
 from relay.web.guard import BodyBudget, ConnectionGuard, DescriptorGuard, RefusalLog
 
-_TOO_LARGE = (b"HTTP/1.1 413 Request Entity Too Large\r\n"
-              b"Content-Length: 0\r\nAccess-Control-Allow-Origin: *\r\n"
-              b"X-Error-Details: request body too large\r\nConnection: close\r\n\r\n")
+# canned(): with the CORS headers, so a browser page can read the status and the details.
+_TOO_LARGE = canned(413, "Request Entity Too Large", "request body too large")
+
+
+def canonical_address(address: Any) -> Any:
+    """`address` with its IPv6 host in RFC 5952 form ("::1"), as the kernel gives peers.
+
+    Twisted's PROXY v2 parser writes IPv6 addresses uncompressed ("0:0:0:0:0:0:0:1"): a
+    client behind it would never match its own address on the staple port (the rendezvous's
+    exact-address rule), and /join would name "[0:0:0:0:0:0:0:1]" as the staple host."""
+    if not isinstance(address, IPv6Address):
+        return address
+    try:
+        host = str(ipaddress.IPv6Address(address.host))
+    except ValueError:
+        return address
+    return address if host == address.host else attrs.evolve(address, host=host)
 
 
 class CappedRequest(server.Request):
@@ -26,6 +43,11 @@ class CappedRequest(server.Request):
     max_body: int = 1024 * 1024
     _received = 0
     _refused = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client = canonical_address(self.client)
+        self.host = canonical_address(self.host)
 
     def gotLength(self, length: int | None) -> None:
         self.content = BytesIO()

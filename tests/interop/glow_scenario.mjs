@@ -275,13 +275,71 @@ async function filesScenario(url, difficulty) {
     "downloadFileChunk of a deleted file");
 
   checkEqual(await bob.delete(url, notices.map((m) => m.nonce)), 0, "bob: delete the file notices");
+  const smallParts = await smallPartsRound(alice, bob, url, maxChunkSize, seen);
   return {
     results: {
       file_size: fileBytes.length, chunks: FILE_CHUNKS, chunk_size: chunkSize,
-      max_chunk_size: maxChunkSize, difficulty,
+      max_chunk_size: maxChunkSize, difficulty, small_parts: smallParts,
     },
     seen,
   };
+}
+
+// Files cut as other Zax clients may cut them: in many parts far below max_chunk_size, of
+// uneven sizes, sent out of order (the part flagged last_chunk in the middle). glow.ts
+// numbers the parts and flags the last one; the relay must not derive the number of parts
+// from the file's size. Returns how many parts each file had.
+const SMALL_CUTS = [
+  { size: 918, min: 50, max: 300 },
+  { size: 12000, min: 100, max: 400 },
+  { size: 1, min: 1, max: 1 },
+];
+
+async function smallPartsRound(alice, bob, url, maxChunkSize, seen) {
+  const counts = [];
+  for (const cut of SMALL_CUTS) {
+    const what = `${cut.size}-byte file in ${cut.min}-${cut.max} byte parts`;
+    const bytes = new Uint8Array(randomBytes(cut.size));
+    const parts = [];
+    for (let at = 0; at < bytes.length;) {
+      const size = cut.min + Math.floor(Math.random() * (cut.max - cut.min + 1));
+      check(size + SECRETBOX_OVERHEAD <= maxChunkSize, `${what}: a part over max_chunk_size`);
+      parts.push(bytes.subarray(at, at + size));
+      at += size;
+    }
+    const started = await alice.startFileUpload(url, "bob",
+      { name: `small ${cut.size}.bin`, orig_size: bytes.length });
+    const { uploadID, skey } = started;
+    seen.push(uploadID, started.storage_token);
+    // Odd parts first, then even ones, each from the end: the last part comes early.
+    const order = [...parts.keys()].sort((a, b) => (b % 2) - (a % 2) || b - a);
+    let stored = 0;
+    for (const [sent, part] of order.entries()) {
+      checkEqual(await alice.uploadFileChunk(url, uploadID, parts[part], part, parts.length, skey),
+        { status: "OK" }, `${what}: uploadFileChunk ${part}`);
+      stored += parts[part].length + SECRETBOX_OVERHEAD;
+      if (sent === Math.floor(order.length / 2) && sent < order.length - 1) {
+        const mid = await alice.getFileStatus(url, uploadID);  // what a resuming client reads
+        checkEqual([mid.status, mid.total_chunks, mid.bytes_stored], ["UPLOADING", sent + 1, stored],
+          `${what}: fileStatus mid-upload`);
+      }
+    }
+    const status = await bob.getFileStatus(url, uploadID);
+    checkEqual([status.status, status.total_chunks, status.file_size, status.bytes_stored],
+      ["COMPLETE", parts.length, bytes.length, bytes.length + SECRETBOX_OVERHEAD * parts.length],
+      `${what}: fileStatus after the last part`);
+    const received = [];
+    for (let part = 0; part < status.total_chunks; part++) {
+      const chunk = await bob.downloadFileChunk(url, uploadID, part, skey);
+      check(chunk instanceof Uint8Array, `${what}: downloadFileChunk ${part} did not decrypt`);
+      received.push(chunk);
+    }
+    check(Buffer.compare(Buffer.concat(received), Buffer.from(bytes)) === 0,
+      `${what}: the downloaded file differs`);
+    checkEqual(await bob.deleteFile(url, uploadID), { status: "OK" }, `${what}: deleteFile`);
+    counts.push(parts.length);
+  }
+  return counts;
 }
 
 // Dead drops between our `relay` command and glow.ts, both ways (tests/test_interop_glow.py,

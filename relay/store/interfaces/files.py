@@ -114,8 +114,8 @@ class PutRequest:
     # What this part is charged (relay.files.limits.part_charge of its size).
     charge: int
     last: bool
-    # Parts may be numbered 0..max_parts-1, at most max_parts of them; at most max_bytes
-    # in all parts together.
+    # Parts are numbered by the client, 0..max_parts-1, at most max_parts of them; all parts
+    # together at most max_bytes + part_overhead per part stored (after this write).
     max_parts: int
     max_bytes: int
     # The file's time to live after this write (shorter while the upload is incomplete).
@@ -125,6 +125,8 @@ class PutRequest:
     # A new part keeps the file's reservation open this long (at most the file's ttl).
     stall_ttl: float
     caps: FileCaps
+    # Bytes each stored part may add beyond max_bytes (the secretbox MAC and some slack).
+    part_overhead: int = 0
 
 
 class FileStore(Protocol):

@@ -198,12 +198,13 @@ class MemoryFileStore:
         if old is None and len(entry.parts) >= request.max_parts:
             return PutOutcome.BAD_PART, None
         stored = record.bytes_stored + request.info.size - (old.size if old else 0)
-        if stored > request.max_bytes:
+        count = len(entry.parts) + (old is None)
+        if stored > request.max_bytes + request.part_overhead * count:
             return PutOutcome.TOO_MANY_BYTES, None
         charged = record.charged + request.charge - entry.charges.get(part, 0)
         updated = attrs.evolve(
             record, bytes_stored=stored, charged=charged,
-            part_count=len(entry.parts) + (old is None), max_part=max(record.max_part, part),
+            part_count=count, max_part=max(record.max_part, part),
             last_part=part if request.last else record.last_part)
         complete = updated.status == COMPLETE
         now = self._seconds()

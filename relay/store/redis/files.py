@@ -156,7 +156,8 @@ return 1
 """
 
 # KEYS: file. ARGV: file_id, global ledger, part, size, blob+nonce, last (0/1), max_parts,
-# max_bytes, ttl_ms, complete_ttl_ms, stall_ms, the part's charge, window, six caps.
+# max_bytes, ttl_ms, complete_ttl_ms, stall_ms, the part's charge, window, six caps,
+# part_overhead.
 # Returns {outcome, replaced blob+nonce or false, replaced size}.
 _PUT_PART = _LEDGER_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND', false, 0} end
@@ -181,10 +182,12 @@ if old_size then
   old_charge = tonumber(redis.call('HGET', KEYS[1], 'c' .. part) or '0')
 end
 stored = stored - tonumber(old_size or '0') + size
-if stored > tonumber(ARGV[8]) then return {'TOO_MANY_BYTES', false, 0} end
+if not old_size then count = count + 1 end
+if stored > tonumber(ARGV[8]) + tonumber(ARGV[20]) * count then
+  return {'TOO_MANY_BYTES', false, 0}
+end
 local charged_before = tonumber(f[7] or '0')
 local charged = charged_before - old_charge + tonumber(ARGV[12])
-if not old_size then count = count + 1 end
 if part > max_part then max_part = part end
 if last then last_part = part end
 local complete = last_part and count == last_part + 1
@@ -352,7 +355,8 @@ class RedisFileStore:
             [file_id, self._everyone, request.part, info.size, info.blob + info.nonce,
              1 if request.last else 0, request.max_parts, request.max_bytes,
              ttl_ms(request.ttl), ttl_ms(request.complete_ttl), ttl_ms(request.stall_ttl),
-             request.charge, request.caps.window, *_caps(request.caps)], replicate=True)
+             request.charge, request.caps.window, *_caps(request.caps),
+             request.part_overhead], replicate=True)
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         replaced = None
         if isinstance(old, bytes) and len(old) >= BLOB_BYTES:
