@@ -87,11 +87,12 @@ async def download_all(client: AsyncZax, upload_id: str, parts: int, key: bytes)
     return b"".join([await client.download_chunk(upload_id, p, key) for p in range(parts)])
 
 
+@pytest.mark.parametrize("chunk_store", ["disk", "store"])
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 @pytest_twisted.ensureDeferred
-async def test_918_bytes_in_small_chunks(make_relay, kind):
-    """The reported case: a 918-byte file in chunks of 50-300 bytes."""
-    relay = await make_relay(kind)
+async def test_918_bytes_in_small_chunks(make_relay, kind, chunk_store):
+    """A 918-byte file in chunks of 50-300 bytes, its chunks on disk or in the store."""
+    relay = await make_relay(kind, chunk_store=chunk_store)
     alice, bob = await relay.client(), await relay.client()
     sealed = CutFile(os.urandom(918), [50, 300, 120, 77, 251, 120])
     assert sealed.parts == 6

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from relay.crypto import b64encode, make_nonce
+from tests.mailbox_harness import MemoryRelay
 from tests.test_files_support import AsyncZax, LoopbackRelay, relay_config
 from tests.zax import crlf
 
@@ -109,3 +113,45 @@ async def test_start_file_upload_metadata_nonce_has_32_characters(relay):
         assert set(await alice.enc(start(nonce))) == \
             {"uploadID", "max_chunk_size", "storage_token"}
     assert await bob.enc({"cmd": "count"}) == 3
+
+
+# -- every payload shape (memory store, in process: fast enough for hypothesis) --------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["nonce", "ctext", "x"]), inner, max_size=3),
+    max_leaves=6)
+NONCES = st.sampled_from([b64encode(bytes(24)), b64encode(bytes(64)), b64encode(bytes(65)), ""])
+payloads = json_values | st.fixed_dictionaries(
+    {"nonce": NONCES | json_values, "ctext": st.text(max_size=8) | json_values})
+
+
+def accepted(payload) -> bool:
+    if isinstance(payload, str):
+        return True
+    return isinstance(payload, dict) and isinstance(payload.get("ctext"), str) and \
+        payload.get("nonce") in (b64encode(bytes(24)), b64encode(bytes(64)))
+
+
+@pytest.fixture(scope="module")
+def memory_pair():
+    relay = MemoryRelay()
+    return relay.connected(), relay.connected()
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=payloads)
+def test_any_payload_is_stored_exactly_when_zax_takes_it(memory_pair, payload):
+    alice, bob = memory_pair
+    status, body = alice.command({"cmd": "upload", "to": b64encode(bob.hpk),
+                                  "payload": payload})
+    messages = bob.open(bob.command({"cmd": "download"})[1])
+    bob.command({"cmd": "delete", "payload": [m["nonce"] for m in messages]})
+    if accepted(payload):
+        assert status == 200
+        (message,) = messages
+        assert message["data"] == (payload if isinstance(payload, str) else payload["ctext"])
+    else:
+        assert (status, body, messages) == (400, b"", [])

@@ -194,7 +194,8 @@ class FileCommands:
             if outcome == PutOutcome.NOT_FOUND:  # deleted or expired meanwhile
                 return ctx.encrypted(_NOT_FOUND)
             if outcome == PutOutcome.TOO_MANY_BYTES:
-                raise bad_request("the chunks would exceed the declared file_size")
+                raise bad_request(f"the chunks would exceed the declared file_size plus "
+                                  f"{PART_OVERHEAD} bytes a part")
             if outcome == PutOutcome.FULL:  # 507: the sender may retry once there is room
                 raise StoreFull("file storage quota used up")
             raise bad_request("part is beyond the file's last part or the part limit")
