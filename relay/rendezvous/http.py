@@ -29,6 +29,7 @@ from relay.rendezvous.errors import (
 )
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.requests import parse_channel, parse_join
+from relay.web.clients import canonical_host
 from relay.web.errors import HTTPError
 from relay.web.respond import Replies, serve, set_common_headers
 
@@ -100,7 +101,7 @@ class _JSONResource(Resource):
 
     def render_POST(self, request: Request) -> object:
         # The rendezvous's two-address rule counts exact addresses, not client keys.
-        address = request.getClientAddress().host
+        address = canonical_host(request.getClientAddress().host)
 
         async def work(body: bytes) -> tuple[dict[str, Any], str]:
             try:

@@ -33,6 +33,7 @@ from relay.rendezvous.pipe import CopyPair, link
 from relay.rendezvous.registry import ChannelRegistry
 from relay.rendezvous.splice import PipePool, SplicePair
 from relay.store.errors import StoreError
+from relay.web.clients import canonical_host
 
 log = Logger(namespace="relay.staple")
 
@@ -194,7 +195,7 @@ class StapleListener(Factory):
     async def arrive(self, conn: StapleProtocol, uuid: bytes) -> None:
         name, role = conn.channel_name, conn.role
         assert name is not None and role is not None
-        address = conn.transport.getPeer().host
+        address = canonical_host(conn.transport.getPeer().host)
         channel = await self.registry.staple_check(name, role, uuid, address)
         if conn.gone:
             return

@@ -13,6 +13,21 @@ from functools import lru_cache
 
 
 @lru_cache(maxsize=65536)
+def canonical_host(host: str) -> str:
+    """One spelling per address: IPv6 in RFC 5952 form, an IPv4-mapped IPv6 address as IPv4.
+
+    The rendezvous compares exact addresses between the HTTP port and the staple port; a
+    dual-stack listener (tcp6:) sees an IPv4 client as "::ffff:192.0.2.7", a plain one as
+    "192.0.2.7", and a client must be the same on both."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address) if address.version == 4 or "%" not in host else host
+
+
 def client_key(host: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
     """The network of `host` at the configured prefix length, as text ("192.0.2.7/32",
     "2001:db8:1:2::/64"). An IPv4-mapped IPv6 address counts as IPv4; anything that is not

@@ -226,3 +226,30 @@ async def test_backpressure_receiver_never_reads(data_path):
         assert len(r.received) == len(b"ok\n") + flooder.sent
     finally:
         await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dual_stack_staple_listener_knows_ipv4_clients_by_their_http_address():
+    # On tcp6:"::" an IPv4 client arrives as ::ffff:127.0.0.2; it joined as 127.0.0.2.
+    node = await start_node(reactor, node_config(staple_endpoint="tcp6:0:interface=\\:\\:"))
+    try:
+        sender, recipient = await joined(node)
+        ch = sender["channel"]
+        s = await connect_peer(reactor, node.staple_port, A,
+                               staple_line(ch, "sender", sender["uuid"]))
+        r = await connect_peer(reactor, node.staple_port, B,
+                               staple_line(ch, "recipient", recipient["uuid"]))
+        assert await s.got_ok == b"ok" and await r.got_ok == b"ok"
+    finally:
+        await node.stop()
+
+
+def test_canonical_host():
+    from relay.web.clients import canonical_host
+
+    assert canonical_host("::ffff:192.0.2.7") == "192.0.2.7"
+    assert canonical_host("0:0:0:0:0:0:0:1") == "::1"
+    assert canonical_host("2001:DB8::1") == "2001:db8::1"
+    assert canonical_host("192.0.2.7") == "192.0.2.7"
+    assert canonical_host("fe80::1%eth0") == "fe80::1%eth0"
+    assert canonical_host("not an address") == "not an address"
