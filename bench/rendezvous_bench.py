@@ -107,7 +107,8 @@ def _spawn(cmd: list[str], log: Path, ports: list[int]) -> subprocess.Popen:
     return process
 
 
-def start_system(name: str, anchors_bin: Path | None, workdir: Path) -> System:
+def start_system(name: str, anchors_bin: Path | None, workdir: Path, pake: bool = True
+                 ) -> System:
     log = workdir / f"{name}.log"
     if name == "direct":
         pairs = DirectPairs()
@@ -135,8 +136,8 @@ def start_system(name: str, anchors_bin: Path | None, workdir: Path) -> System:
                           "--http", f"tcp:{http}:interface={HOST}",
                           "--staple", f"tcp:{staple}:interface={HOST}:backlog=1024"],
                          log, [staple, http])
-        return System(name, StapleClient(f"http://{HOST}:{http}").open_pair, process.pid,
-                      process)
+        client = StapleClient(f"http://{HOST}:{http}", pake=pake)
+        return System(name, client.open_pair, process.pid, process)
     raise ValueError(f"unknown system {name!r}")
 
 
@@ -152,12 +153,12 @@ def _wait_listening(port: int, timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def running(names: list[str], anchors_bin: Path | None, workdir: Path
+def running(names: list[str], anchors_bin: Path | None, workdir: Path, pake: bool = True
             ) -> Iterator[dict[str, System]]:
     systems: dict[str, System] = {}
     try:
         for name in names:
-            systems[name] = start_system(name, anchors_bin, workdir)
+            systems[name] = start_system(name, anchors_bin, workdir, pake)
         yield systems
     finally:
         for system in systems.values():
@@ -187,11 +188,12 @@ def run_throughput(names: list[str], nbytes: int, runs: int, anchors_bin: Path |
 
 
 def run_idle(names: list[str], counts: list[int], anchors_bin: Path | None, workdir: Path,
-             out: Path, check: int) -> dict[tuple[str, int], dict]:
+             out: Path, check: int, pake: bool = True) -> dict[tuple[str, int], dict]:
     results = {}
     for count in counts:
         for name in names:
-            with running([name], anchors_bin, workdir) as systems:  # fresh process per count
+            # A fresh process per count.
+            with running([name], anchors_bin, workdir, pake) as systems:
                 system = systems[name]
                 assert system.pid is not None
                 result = hold_pairs(system.open_pair, count, system.pid, check=check)
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=IDLE_SYSTEMS)
     parser.add_argument("--check", type=int, default=100,
                         help="idle pairs checked for a byte each way (0: all)")
+    parser.add_argument("--join-only", action="store_true",
+                        help="idle relay pairs without the /channel writes (earlier method)")
     parser.add_argument("--verify", action="store_true", help="CRC-32 every byte, both ends")
     parser.add_argument("--results", type=Path, default=HERE / "results",
                         help="results folder (default bench/results)")
@@ -331,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                      for runs in throughput.values() for r in runs if r.get("intact") is False]
     if idle_systems and args.pairs:
         print(f"idle pairs, {', '.join(map(str, args.pairs))}:", flush=True)
-        idle = run_idle(idle_systems, args.pairs, anchors_bin, out, out, args.check)
+        idle = run_idle(idle_systems, args.pairs, anchors_bin, out, out, args.check,
+                        pake=not args.join_only)
         sections += [idle_table(idle), ""]
         failures += [f"{name} {count} pairs: {r['error'] or 'a sampled pair not connected'}"
                      for (name, count), r in idle.items()

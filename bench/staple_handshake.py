@@ -64,7 +64,10 @@ def _address(staple: str) -> tuple[str, int]:
 class StapleClient:
     """One process's view of a relay: a keep-alive HTTP connection and the staple address."""
 
-    def __init__(self, http_url: str) -> None:
+    def __init__(self, http_url: str, *, pake: bool = True) -> None:
+        # pake=False: /join twice and staple, without the /channel writes (how the pairs of
+        # earlier measurements were made; a real client always does them).
+        self.pake_writes = pake
         target = urllib.parse.urlsplit(http_url)
         self.host, self.port = target.hostname or "127.0.0.1", target.port or 80
         self._connection: tuple[int, http.client.HTTPConnection] | None = None
@@ -120,7 +123,8 @@ class StapleClient:
         sender = self.join("sender")
         channel = sender["channel"]
         recipient = self.join("recipient", channel)
-        self.pake(channel, sender["uuid"], recipient["uuid"])
+        if self.pake_writes:
+            self.pake(channel, sender["uuid"], recipient["uuid"])
         address = _address(sender["staple"])
         a = socket.create_connection(address, timeout=TIMEOUT)
         try:
