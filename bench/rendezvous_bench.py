@@ -219,20 +219,31 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _round_ratio(a: list[dict], b: list[dict]) -> float | None:
+    """Median over the rounds of a's MB/s over b's in the same round: the two ran seconds
+    apart, so load from elsewhere mostly cancels out."""
+    return _median([x["MBps"] / y["MBps"] for x, y in zip(a, b, strict=False) if y["MBps"]])
+
+
 def throughput_table(results: dict[str, list[dict]], nbytes: int) -> str:
-    medians = {name: _median([r["MBps"] for r in runs]) for name, runs in results.items()}
     anchors = [a for a in ANCHORS if a in results]
+    transit_cpu = (_median([r["server_cpu_s_per_GiB"] for r in results["transit"]])
+                   if "transit" in results else None)
     head = (f"| {size_label(nbytes)}, runs: {max(len(r) for r in results.values())} | MB/s "
-            "median (min-max) | server CPU-s per GiB | "
-            + " | ".join(f"÷ {a}" for a in anchors) + " |")
-    lines = [head, "|" + "---|" * (3 + len(anchors))]
+            "median (min-max) | server CPU-s per GiB | CPU ÷ transit's | "
+            + " | ".join(f"MB/s ÷ {a}" for a in anchors) + " |")
+    lines = [head, "|" + "---|" * (4 + len(anchors))]
     for name, runs in results.items():
         speeds = [r["MBps"] for r in runs]
         cpu = _median([r["server_cpu_s_per_GiB"] for r in runs])
-        ratios = [f"{medians[name] / medians[a]:.2f}" if medians[a] else "–" for a in anchors]
-        lines.append(f"| {LABELS[name]} | {medians[name]:,.0f} ({min(speeds):,.0f}-"
+        cpu_ratio = f"{cpu / transit_cpu:.2f}" if cpu and transit_cpu else "–"
+        ratios = [_round_ratio(runs, results[a]) for a in anchors]
+        lines.append(f"| {LABELS[name]} | {_median(speeds):,.0f} ({min(speeds):,.0f}-"
                      f"{max(speeds):,.0f}) | {'–' if cpu is None else f'{cpu:.2f}'} | "
-                     + " | ".join(ratios) + " |")
+                     f"{cpu_ratio} | "
+                     + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios) + " |")
+    lines += ["", "MB/s ÷ X: the median over the rounds of this system's MB/s over X's in the "
+              "same round."]
     return "\n".join(lines)
 
 
@@ -256,7 +267,44 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def anchor_versions(anchors_bin: Path | None) -> dict[str, str]:
+    versions = {}
+    if anchors_bin is not None:
+        done = subprocess.run(
+            [str(anchors_bin / "python"), "-c", "from importlib.metadata import version; "
+             "print(version('magic-wormhole-transit-relay'))"], capture_output=True, text=True)
+        versions["transit relay"] = done.stdout.strip() or "?"
+    if shutil.which("socat"):
+        done = subprocess.run(["socat", "-V"], capture_output=True, text=True)
+        line = next((x for x in done.stdout.splitlines() if "version" in x), "")
+        versions["socat"] = line.split("version", 1)[-1].split()[0] if line else "?"
+    return versions
+
+
 # ---- the entry point ----
+
+def summarize(folder: Path) -> str:
+    """The tables again, from a results folder's JSON lines (e.g. after changing them)."""
+    throughput: dict[str, list[dict]] = {}
+    idle: dict[tuple[str, int], dict] = {}
+    nbytes = 0
+    for path, kind in ((folder / "throughput.jsonl", "throughput"), (folder / "idle.jsonl", "idle")):
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if kind == "throughput":
+                throughput.setdefault(record["system"], []).append(record)
+                nbytes = record["bytes"]
+            else:
+                idle[record["system"], record["requested"]] = record
+    parts = []
+    if throughput:
+        parts.append(throughput_table(throughput, nbytes))
+    if idle:
+        parts.append(idle_table(idle))
+    return "\n\n".join(parts) + "\n"
+
 
 def install_anchors() -> Path:
     """Runs bench/install_anchors.sh; the anchors venv's bin folder (its last line)."""
@@ -285,9 +333,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="results folder (default bench/results)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not run install_anchors.sh; skip anchors that are missing")
+    parser.add_argument("--summarize", type=Path, metavar="DIR",
+                        help="only print the tables of an earlier run's results folder")
     parser.add_argument("--smoke", action="store_true",
                         help="end to end with tiny sizes (4 MiB x1, 20 idle pairs, verified)")
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
     if args.smoke:
         args.size, args.runs, args.pairs, args.check, args.verify = "4M", 1, [20], 0, True
     nbytes = parse_size(args.size)
@@ -312,11 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.results / f"rendezvous-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
+    versions = anchor_versions(anchors_bin)
     header = (f"Rendezvous benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}, commit "
               f"{_git_commit()}, {os.cpu_count()} CPUs, load average "
-              f"{load_before[0]:.1f} at the start")
+              f"{load_before[0]:.1f} at the start; "
+              + ", ".join(f"{name} {version}" for name, version in versions.items()))
     _append(out / "meta.jsonl", {"kind": "meta", "started": stamp, "commit": _git_commit(),
                                  "cpus": os.cpu_count(), "loadavg": load_before,
+                                 "versions": versions,
                                  "args": {k: str(v) for k, v in vars(args).items()},
                                  "skipped": skipped})
     print(header + (f"; skipped (not installed): {', '.join(sorted(set(skipped)))}"
