@@ -27,13 +27,30 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its live descendants (10 ms resolution)."""
-    total, todo = 0.0, [pid]
+def _tree(pid: int) -> list[int]:
+    """The process and its live descendants."""
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
-        total += _cpu(current)
+        found.append(current)
         todo += _children(current)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of the process and its live descendants (10 ms resolution)."""
+    return sum(_cpu(p) for p in _tree(pid))
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS summed over the process and its live descendants (pages a fork shares with its
+    parent count twice: use for deltas)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            total += rss_kib(p)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
     return total
 
 

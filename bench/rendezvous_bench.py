@@ -44,12 +44,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.idle_pairs_client import hold_pairs, raise_fd_limit  # noqa: E402
 from bench.processes import HOST, free_port, stop, wait_for_port  # noqa: E402
+from bench.stall_client import stall  # noqa: E402
 from bench.staple_handshake import StapleClient  # noqa: E402
 from bench.stream_pairs import DirectPairs, ForwarderPairs, TransitPairs  # noqa: E402
 from bench.throughput_client import measure  # noqa: E402
 
 THROUGHPUT_SYSTEMS = ("direct", "socat", "socat-128k", "transit", "relay", "relay-copy")
 IDLE_SYSTEMS = ("transit", "relay")
+STALL_SYSTEMS = ("socat-128k", "transit", "relay", "relay-copy")
 LABELS = {
     "direct": "direct connection (ceiling)",
     "socat": "socat (default 8 KiB buffer)",
@@ -207,6 +209,21 @@ def run_idle(names: list[str], counts: list[int], anchors_bin: Path | None, work
     return results
 
 
+def run_stall(names: list[str], anchors_bin: Path | None, workdir: Path, out: Path
+              ) -> dict[str, dict]:
+    results = {}
+    for name in names:
+        with running([name], anchors_bin, workdir) as systems:  # a fresh process each
+            system = systems[name]
+            result = stall(system.open_pair, system.pid)
+        result.update(kind="stall", system=name)
+        results[name] = result
+        _append(out / "stall.jsonl", result)
+        print(f"  {name}: {result['accepted_bytes'] / 2**20:.1f} MiB accepted, server RSS "
+              f"{result['server_rss_growth_kib']:+,} KiB", flush=True)
+    return results
+
+
 def _append(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -244,6 +261,17 @@ def throughput_table(results: dict[str, list[dict]], nbytes: int) -> str:
                      + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios) + " |")
     lines += ["", "MB/s ÷ X: the median over the rounds of this system's MB/s over X's in the "
               "same round."]
+    return "\n".join(lines)
+
+
+def stall_table(results: dict[str, dict]) -> str:
+    lines = ["| receiver never reads | sender got rid of (MiB) | then | server RSS before -> "
+             "after (KiB) |", "|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {LABELS[name]} | {r['accepted_bytes'] / 2**20:,.1f} | "
+                     f"{'stalled' if r['stalled'] else 'never stalled'} | "
+                     f"{r['server_rss_kib_before']:,} -> {r['server_rss_kib_after']:,} "
+                     f"({r['server_rss_growth_kib']:+,}) |")
     return "\n".join(lines)
 
 
@@ -287,8 +315,10 @@ def summarize(folder: Path) -> str:
     """The tables again, from a results folder's JSON lines (e.g. after changing them)."""
     throughput: dict[str, list[dict]] = {}
     idle: dict[tuple[str, int], dict] = {}
+    stalled: dict[str, dict] = {}
     nbytes = 0
-    for path, kind in ((folder / "throughput.jsonl", "throughput"), (folder / "idle.jsonl", "idle")):
+    for path, kind in ((folder / "throughput.jsonl", "throughput"),
+                       (folder / "idle.jsonl", "idle"), (folder / "stall.jsonl", "stall")):
         if not path.exists():
             continue
         for line in path.read_text().splitlines():
@@ -296,13 +326,17 @@ def summarize(folder: Path) -> str:
             if kind == "throughput":
                 throughput.setdefault(record["system"], []).append(record)
                 nbytes = record["bytes"]
-            else:
+            elif kind == "idle":
                 idle[record["system"], record["requested"]] = record
+            else:
+                stalled[record["system"]] = record
     parts = []
     if throughput:
         parts.append(throughput_table(throughput, nbytes))
     if idle:
         parts.append(idle_table(idle))
+    if stalled:
+        parts.append(stall_table(stalled))
     return "\n\n".join(parts) + "\n"
 
 
@@ -324,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=THROUGHPUT_SYSTEMS, help="throughput rows")
     parser.add_argument("--idle-systems", nargs="*", default=list(IDLE_SYSTEMS),
                         choices=IDLE_SYSTEMS)
+    parser.add_argument("--stall-systems", nargs="*", default=list(STALL_SYSTEMS),
+                        choices=STALL_SYSTEMS, help="backpressure check (none: skip)")
     parser.add_argument("--check", type=int, default=100,
                         help="idle pairs checked for a byte each way (0: all)")
     parser.add_argument("--join-only", action="store_true",
@@ -352,13 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         anchors_bin = install_anchors()
     skipped = []
-    for name in list(args.systems) + list(args.idle_systems):
+    for name in list(args.systems) + list(args.idle_systems) + list(args.stall_systems):
         missing = ((name == "transit" and anchors_bin is None)
                    or (name.startswith("socat") and shutil.which("socat") is None))
         if missing:
             skipped.append(name)
     systems = [s for s in args.systems if s not in skipped]
     idle_systems = [s for s in args.idle_systems if s not in skipped]
+    stall_systems = [s for s in args.stall_systems if s not in skipped]
 
     raise_fd_limit()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -397,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         failures += [f"{name} {count} pairs: {r['error'] or 'a sampled pair not connected'}"
                      for (name, count), r in idle.items()
                      if r["error"] or r["connected"] != r["checked"]]
+    if stall_systems:
+        print("backpressure:", flush=True)
+        stalled = run_stall(stall_systems, anchors_bin, out, out)
+        sections += [stall_table(stalled), ""]
+        failures += [f"{name}: no backpressure" for name, r in stalled.items()
+                     if not r["stalled"]]
     load_after = os.getloadavg()
     sections.append(f"Load average {load_after[0]:.1f} at the end. Server CPU: utime + stime "
                     "of the server process and its children while the bytes flowed.")
