@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A rendezvous-only relay in the foreground, for the bench kit (run_all.sh's RELAY_CMD).
+"""A rendezvous-only relay in the foreground, for the benchmarks (bench/rendezvous_bench.py
+starts it on free ports):
 
     python bench/staple_relay.py --http tcp:4100:interface=127.0.0.1 \\
         --staple tcp:4101:interface=127.0.0.1:backlog=1024
