@@ -31,6 +31,17 @@ settings.register_profile("relay", deadline=None, print_blob=True)
 settings.load_profile("relay")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak and benchmark runs stay out of the default run: they run only when asked for
+    with `-m soak`."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a soak run: select it with -m soak")
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _work_in_tmp_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own directory, so relative defaults (the relay's files
