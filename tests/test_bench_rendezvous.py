@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# A path of one machine: the checkout's own location, a scratch folder, a home.
-# Paths of a development machine; /opt/relay and /var/lib/relay are the documented deployment
-# layout (etc/relay.service), not this machine.
+# A path of one machine: the checkout's own location, a scratch folder, a home. /opt/relay
+# and /var/lib/relay are the documented deployment layout (etc/relay.service), not a machine's.
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|mnt)/[\w.-]")
 
 
