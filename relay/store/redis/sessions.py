@@ -95,4 +95,5 @@ class RedisSessionStore:
         name = self._backend.key("nonce", nonce)
         reply = await self._backend.run(
             lambda redis: redis.set(name, b"1", pexpire=ttl_ms(ttl), only_if_not_exists=True))
-        return reply == "OK"
+        # A status reply: str from txredisapi's own parser, bytes from hiredis's.
+        return reply in ("OK", b"OK")
