@@ -21,11 +21,12 @@ from relay.crypto import (
     h2,
     meets_difficulty,
 )
+from relay.mailbox.claims import SessionsSeen
 from relay.mailbox.difficulty import AdaptiveDifficulty, ClientRates
 from relay.mailbox.nonces import NonceGuard
 from relay.mailbox.wire import decode_field, split_lines
 from relay.store import Store
-from relay.store.interfaces.sessions import Handshake, Session
+from relay.store.interfaces.sessions import Claim, Handshake, Session
 from relay.web.errors import HTTPError, bad_request, unauthorized
 
 # /prove carries exactly these line lengths: hash, key, nonce, and the box of the
@@ -43,6 +44,8 @@ class SessionHandshake:
         # The difficulty moves with this node's handshake rate; `difficulty.current()` reads it.
         self.difficulty = AdaptiveDifficulty(config, clock.seconds)
         self.client_handshakes: ClientRates | None = None
+        # Where /prove leaves the new session for /command's one-round-trip path.
+        self.sessions_seen: SessionsSeen | None = None
         if config.handshake_rate_per_client > 0:
             self.client_handshakes = ClientRates(config.difficulty_window,
                                                  config.difficulty_client_slots)
@@ -133,15 +136,22 @@ class SessionHandshake:
             raise bad_request("the identity proof does not open") from None
         if inner != expected:
             raise bad_request("the identity proof signs the wrong session")
-        # Nonces are checked last, so a malformed request does not burn them.
-        await self.nonces.check(outer_nonce)
-        await self.nonces.check(inner_nonce)
+        # Nonces are checked last, so a malformed request does not burn them; claiming them,
+        # finishing the handshake and counting the mailbox are one store call.
+        self.nonces.check_time(outer_nonce)
+        self.nonces.check_time(inner_nonce)
         hpk = h2(identity_pk)
         session = Session(bytes(session_sk), client_pk)
-        if not await self.store.sessions.finish_handshake(key, hpk, session,
-                                                          self.config.session_timeout):
+        outcome, count = await self.store.sessions.finish_handshake_claiming_nonces(
+            key, hpk, session, self.config.session_timeout, [outer_nonce, inner_nonce],
+            self.nonces.remember_for)
+        if outcome is Claim.REPLAYED:
+            raise unauthorized("nonce replayed")
+        if outcome is not Claim.DONE:
             raise unauthorized("handshake already used")
-        return hpk, [str(await self.store.mailbox.count(hpk))]
+        if self.sessions_seen is not None:
+            self.sessions_seen.remember(hpk, session)
+        return hpk, [str(count)]
 
 
 def _parse_signature(signature: bytes) -> tuple[bytes, bytes, bytes]:

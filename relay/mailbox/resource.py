@@ -73,6 +73,7 @@ def build_mailbox(config: RelayConfig, store: Store, clock: IReactorTime
     the handshake (whose difficulty the usage log reads)."""
     handshake = SessionHandshake(config.mailbox, store, clock)
     processor = CommandProcessor(config.mailbox, store, clock)
+    handshake.sessions_seen = processor.sessions_seen
     MessageCommands(config.mailbox, store).register(processor)
     small = config.http.max_small_body
     children: dict[bytes, Resource] = {

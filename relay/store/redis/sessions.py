@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from relay.store.errors import StoreUnavailable
-from relay.store.interfaces.sessions import Handshake, Session
+from relay.store.interfaces.mailbox import CountOp, MailboxOp
+from relay.store.interfaces.sessions import Claim, Handshake, Session
 from relay.store.redis import RedisBackend
 from relay.store.redis.codec import (
     CorruptRecord,
@@ -37,6 +39,25 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 return {session, 1}
 """
 
+# /prove's store work in one round trip (finish_handshake_claiming_nonces), prepended by the
+# mailbox's Lua and followed by the count's body. KEYS: hpk's five mailbox keys, the
+# handshake, the session, then the nonces; ARGV: session record, its TTL in ms, the nonces'
+# TTL in ms. Returns {0, count} (done), {2} (a nonce replayed) or {3} (handshake gone).
+_PROVE = """
+local replayed = false
+for i = 8, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    replayed = true
+  else
+    redis.call('SET', KEYS[i], '1', 'PX', ARGV[3])
+  end
+end
+if replayed then return {2} end
+if redis.call('DEL', KEYS[6]) == 0 then return {3} end
+redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[2])
+local function op()
+"""
+
 
 def ttl_ms(ttl: float) -> int:
     """A TTL in whole milliseconds for PX/PEXPIRE: rounded up, at least 1 (Redis needs > 0)."""
@@ -54,7 +75,14 @@ def _decoded(decode, data: bytes | None):
 
 class RedisSessionStore:
     def __init__(self, backend: RedisBackend) -> None:
+        # The mailbox's scripts: run_command_claiming_nonce runs their bodies.
+        from relay.store.redis.mailbox import RedisMailboxStore, prove_script
+
         self._backend = backend
+        self._mailbox = RedisMailboxStore(backend)
+        self._prove = prove_script(_PROVE)
+        # Session records as sent to Redis, by session (encoding one costs a few µs).
+        self._records: dict[Session, bytes] = {}
 
     def _handshake_key(self, key: bytes) -> str:
         return self._backend.key("handshake", key)
@@ -97,3 +125,33 @@ class RedisSessionStore:
             lambda redis: redis.set(name, b"1", pexpire=ttl_ms(ttl), only_if_not_exists=True))
         # A status reply: str from txredisapi's own parser, bytes from hiredis's.
         return reply in ("OK", b"OK")
+
+    def _record(self, session: Session) -> bytes:
+        record = self._records.get(session)
+        if record is None:
+            if len(self._records) >= 4096:
+                self._records.clear()
+            record = self._records[session] = encode_session(session)
+        return record
+
+    async def run_command_claiming_nonce(self, hpk: bytes, session: Session, nonce: bytes,
+                                         nonce_ttl: float, op: MailboxOp | None
+                                         ) -> tuple[Claim, Any]:
+        plan = None if op is None else self._mailbox.plan(op)
+        return await self._mailbox.run_claiming(
+            plan, self._session_key(hpk), self._backend.key("nonce", nonce),
+            self._record(session), nonce_ttl)
+
+    async def finish_handshake_claiming_nonces(self, key: bytes, hpk: bytes, session: Session,
+                                               ttl: float, nonces: list[bytes],
+                                               nonce_ttl: float) -> tuple[Claim, int]:
+        count = self._mailbox.plan(CountOp(hpk))
+        keys = [*count.keys, self._handshake_key(key), self._session_key(hpk),
+                *(self._backend.key("nonce", nonce) for nonce in nonces)]
+        reply = await self._backend.script(
+            self._prove, keys, [encode_session(session), ttl_ms(ttl), ttl_ms(nonce_ttl)])
+        if reply[0] == 2:
+            return Claim.REPLAYED, 0
+        if reply[0] == 3:
+            return Claim.GONE, 0
+        return Claim.DONE, int(reply[1])
