@@ -342,14 +342,37 @@ def _same(result: Any) -> Any:
     return result
 
 
+# Key names remembered per mailbox, sender and client (building one costs microseconds,
+# an upload names nine); forgotten all at once when this many are kept.
+KEYS_REMEMBERED = 16_384
+
+
 class RedisMailboxStore:
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
+        self._names: dict[tuple[str, bytes | str], Any] = {}
+
+    def _named(self, kind: str, owner: bytes | str) -> Any:
+        """The key names (or prefix) of kind for owner: "mailbox" (the five keys of hpk's
+        mailbox), "sender" or "client" (an account's prefix), "rate" (a client's)."""
+        names = self._names.get((kind, owner))
+        if names is None:
+            if len(self._names) >= KEYS_REMEMBERED:
+                self._names.clear()
+            key = self._backend.key
+            encoded = owner.encode() if isinstance(owner, str) else owner
+            if kind == "mailbox":
+                names = [key("mailbox", encoded, part)
+                         for part in ("order", "expiry", "records", "tokens", "size")]
+            elif kind == "rate":
+                names = key("rate", "upload", encoded)
+            else:
+                names = key("account", kind, encoded)
+            self._names[(kind, owner)] = names
+        return names
 
     def _keys(self, hpk: bytes) -> list[str]:
-        key = self._backend.key
-        return [key("mailbox", hpk, part)
-                for part in ("order", "expiry", "records", "tokens", "size")]
+        return self._named("mailbox", hpk)
 
     def _token_key(self, token: bytes) -> str:
         return self._backend.key("token", token)
@@ -397,11 +420,10 @@ class RedisMailboxStore:
         size = len(op.record) + OVERHEAD
         # Redis's own memory first: refused while it is nearly full (relay.store.redis.memory).
         self._backend.memory.check(size)
-        key = self._backend.key
         client = op.client
-        sender_prefix = key("account", "sender", op.sender) if op.sender else ""
-        client_prefix = key("account", "client", client.encode()) if client else ""
-        rate_prefix = key("rate", "upload", client.encode()) if client else ""
+        sender_prefix = self._named("sender", op.sender) if op.sender else ""
+        client_prefix = self._named("client", client) if client else ""
+        rate_prefix = self._named("rate", client) if client else ""
 
         def finish(result: Any) -> None:
             if result != STORED:

@@ -83,12 +83,18 @@ class RedisSessionStore:
         self._prove = prove_script(_PROVE)
         # Session records as sent to Redis, by session (encoding one costs a few µs).
         self._records: dict[Session, bytes] = {}
+        self._session_keys: dict[bytes, str] = {}
 
     def _handshake_key(self, key: bytes) -> str:
         return self._backend.key("handshake", key)
 
     def _session_key(self, hpk: bytes) -> str:
-        return self._backend.key("session", hpk)
+        name = self._session_keys.get(hpk)
+        if name is None:
+            if len(self._session_keys) >= 16_384:
+                self._session_keys.clear()
+            name = self._session_keys[hpk] = self._backend.key("session", hpk)
+        return name
 
     async def put_handshake(self, key: bytes, handshake: Handshake, ttl: float) -> None:
         name, value = self._handshake_key(key), encode_handshake(handshake)
