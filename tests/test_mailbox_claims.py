@@ -7,7 +7,9 @@ import os
 from collections import Counter
 from typing import Any
 
+import attrs
 import pytest
+from nacl.public import PrivateKey
 
 from relay.app import build_relay
 from relay.crypto import b64encode
@@ -57,12 +59,46 @@ def test_each_message_command_is_one_store_call(relay):
     assert calls == Counter(run_command_claiming_nonce=6)
 
 
-def test_prove_is_one_store_call_after_the_handshake_read(relay):
+def test_each_handshake_step_is_one_store_call(relay):
     client = relay.client()
-    assert client.start()[0] == 200 and client.verify()[0] == 200
     calls = count_store_calls(relay)
+    assert client.start()[0] == 200
+    assert client.verify()[0] == 200
     assert client.prove()[0] == 200
-    assert calls == Counter(get_handshake=1, finish_handshake_claiming_nonces=1)
+    assert calls == Counter(put_handshake=1, replace_handshake=1,
+                            finish_handshake_claiming_nonces=1)
+
+
+def test_handshake_steps_on_different_nodes():
+    a, b = two_nodes()
+    on_a = a.client()
+    on_b = ZaxClient(stub_post(b.root), a.clock.seconds, identity=on_a.identity,
+                     client_token=on_a.client_token)
+    assert on_a.start()[0] == 200
+    on_b.relay_token, on_b.difficulty = on_a.relay_token, on_a.difficulty
+    assert on_b.verify()[0] == 200  # b has not seen the handshake: the store's
+    on_a.relay_pk = on_b.relay_pk
+    assert on_a.verify()[0] == 200  # a retry on a: a's memory is stale, the same key
+    assert on_a.relay_pk == on_b.relay_pk
+    assert on_b.prove()[0] == 200
+    assert on_b.command({"cmd": "count"})[0] == 200
+    assert on_a.prove()[0] == 401  # used
+
+
+def test_prove_with_a_handshake_verified_again_elsewhere():
+    a, b = two_nodes()
+    client = a.client()
+    assert client.start()[0] == 200 and client.verify()[0] == 200
+    # Another node stored another session key for the handshake (two verifies raced):
+    # a's remembered one no longer opens the client's box; the store's does.
+    sessions = a.app.store.sessions
+    key = next(iter(sessions.handshakes._entries))
+    stored = sessions.handshakes.get(key)
+    other = PrivateKey.generate()
+    sessions.handshakes.put(key, attrs.evolve(stored, session_sk=bytes(other)), 300)
+    client.relay_pk = bytes(other.public_key)
+    assert client.prove()[0] == 200
+    assert client.command({"cmd": "count"})[0] == 200
 
 
 def test_a_session_this_node_has_not_seen_takes_two_calls_then_one(relay):

@@ -155,6 +155,7 @@ async def test_every_script_is_one_slot_or_a_listed_exception(redis_store):
     session = Session(os.urandom(32), os.urandom(32))
     await store.sessions.put_handshake(key, Handshake(os.urandom(32), os.urandom(32),
                                                       os.urandom(32)), 60)
+    await store.sessions.replace_handshake(key, Handshake(b"a", b"b"), Handshake(b"a", b"c"), 60)
     await store.sessions.finish_handshake(key, hpk, session, 60)
     await store.sessions.put_handshake(key, Handshake(os.urandom(32), os.urandom(32),
                                                       os.urandom(32)), 60)

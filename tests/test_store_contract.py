@@ -494,6 +494,39 @@ async def test_finish_handshake_claiming_nonces(store_factory):
         == (Claim.GONE, 0)
 
 
+@pytest_twisted.ensureDeferred
+async def test_replace_handshake_only_the_expected_one(store_factory):
+    sessions = store_factory.sessions
+    key = random_key()
+    first = Handshake(os.urandom(32), os.urandom(32))
+    verified = Handshake(first.client_token, first.relay_token, os.urandom(32))
+    assert await sessions.replace_handshake(key, first, verified, LONG_TTL) is False
+    assert await sessions.get_handshake(key) is None
+    await sessions.put_handshake(key, first, LONG_TTL)
+    assert await sessions.replace_handshake(key, first, verified, LONG_TTL) is True
+    assert await sessions.get_handshake(key) == verified
+    other = Handshake(first.client_token, first.relay_token, os.urandom(32))
+    assert await sessions.replace_handshake(key, first, other, LONG_TTL) is False
+    assert await sessions.get_handshake(key) == verified
+
+
+@pytest_twisted.ensureDeferred
+async def test_finish_handshake_expecting_another_does_nothing(store_factory):
+    sessions = store_factory.sessions
+    key, hpk = random_key(), random_key()
+    stored = Handshake(os.urandom(32), os.urandom(32), os.urandom(32))
+    await sessions.put_handshake(key, stored, LONG_TTL)
+    session, nonce = Session(os.urandom(32), os.urandom(32)), os.urandom(24)
+    other = Handshake(stored.client_token, stored.relay_token, os.urandom(32))
+    finish = sessions.finish_handshake_claiming_nonces
+    assert await finish(key, hpk, session, LONG_TTL, [nonce], LONG_TTL, expected=other) \
+        == (Claim.GONE, 0)
+    assert await sessions.get_handshake(key) == stored
+    assert await finish(key, hpk, session, LONG_TTL, [nonce], LONG_TTL, expected=stored) \
+        == (Claim.DONE, 0)  # the nonce was not claimed by the refused call
+    assert await sessions.get_session(hpk) == session
+
+
 # -- random operation sequences against a model ----------------------------------------------
 
 _IDS = [bytes([i]) * 24 for i in range(5)]

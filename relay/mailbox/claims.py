@@ -11,7 +11,7 @@ command, two round trips.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from relay.store import Store
 from relay.store.interfaces.mailbox import (
@@ -30,25 +30,33 @@ from relay.web.errors import unauthorized
 SESSIONS_SEEN = 16_384
 
 
-class SessionsSeen:
-    """hpk -> the session this node last saw for it (a hint: the store has the last word)."""
+V = TypeVar("V")
+
+
+class Seen(Generic[V]):
+    """What this node last saw under a key: a hint (the store has the last word), bounded
+    (the oldest is dropped). hpk -> Session for /command, handshake key -> Handshake for
+    /verify_session and /prove."""
 
     def __init__(self, size: int = SESSIONS_SEEN) -> None:
         self.size = size
-        self._sessions: dict[bytes, Session] = {}
+        self._seen: dict[bytes, V] = {}
 
-    def get(self, hpk: bytes) -> Session | None:
-        return self._sessions.get(hpk)
+    def get(self, key: bytes) -> V | None:
+        return self._seen.get(key)
 
-    def remember(self, hpk: bytes, session: Session) -> None:
-        sessions = self._sessions
-        sessions.pop(hpk, None)
-        if len(sessions) >= self.size:
-            del sessions[next(iter(sessions))]  # the oldest remembered
-        sessions[hpk] = session
+    def remember(self, key: bytes, value: V) -> None:
+        seen = self._seen
+        seen.pop(key, None)
+        if len(seen) >= self.size:
+            del seen[next(iter(seen))]  # the oldest remembered
+        seen[key] = value
 
-    def forget(self, hpk: bytes) -> None:
-        self._sessions.pop(hpk, None)
+    def forget(self, key: bytes) -> None:
+        self._seen.pop(key, None)
+
+
+SessionsSeen = Seen[Session]
 
 
 class SessionChanged(Exception):

@@ -53,6 +53,12 @@ class SessionStore(Protocol):
         (replacing any earlier session of hpk). False, storing nothing, if the handshake was
         already gone: two concurrent /prove calls cannot both succeed."""
 
+    async def replace_handshake(self, key: bytes, expected: Handshake, handshake: Handshake,
+                                ttl: float) -> bool:
+        """Store handshake under key for ttl if `expected` is what is stored there now (one
+        round trip: /verify_session with the handshake its node remembers); else False,
+        changing nothing."""
+
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
         """Store the session, replacing any earlier session of hpk."""
 
@@ -78,8 +84,11 @@ class SessionStore(Protocol):
 
     async def finish_handshake_claiming_nonces(self, key: bytes, hpk: bytes, session: Session,
                                                ttl: float, nonces: list[bytes],
-                                               nonce_ttl: float) -> tuple[Claim, int]:
+                                               nonce_ttl: float,
+                                               expected: Handshake | None = None
+                                               ) -> tuple[Claim, int]:
         """/prove's store work in one round trip: claim every nonce; if all were fresh,
         finish_handshake(key, hpk, session, ttl) and return (DONE, messages in hpk's
         mailbox). (REPLAYED, 0) if a nonce was seen (the handshake is kept); (GONE, 0) if the
-        handshake was already used."""
+        handshake was already used, or, with `expected`, is not that one (then nothing is
+        done, no nonce claimed)."""

@@ -49,6 +49,13 @@ class MemorySessionStore:
         self.sessions.put(hpk, session, ttl)
         return True
 
+    async def replace_handshake(self, key: bytes, expected: Handshake, handshake: Handshake,
+                                ttl: float) -> bool:
+        if self.handshakes.get(key) != expected:
+            return False
+        self.handshakes.put(key, handshake, ttl)
+        return True
+
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
         self.sessions.put(hpk, session, ttl)
 
@@ -96,7 +103,11 @@ class MemorySessionStore:
 
     async def finish_handshake_claiming_nonces(self, key: bytes, hpk: bytes, session: Session,
                                                ttl: float, nonces: list[bytes],
-                                               nonce_ttl: float) -> tuple[Claim, int]:
+                                               nonce_ttl: float,
+                                               expected: Handshake | None = None
+                                               ) -> tuple[Claim, int]:
+        if expected is not None and self.handshakes.get(key) != expected:
+            return Claim.GONE, 0
         fresh = [self.nonces.add_if_absent(nonce, True, nonce_ttl) for nonce in nonces]
         if not all(fresh):
             return Claim.REPLAYED, 0

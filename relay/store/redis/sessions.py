@@ -42,8 +42,9 @@ return {session, 1}
 # /prove's store work in one round trip (finish_handshake_claiming_nonces), prepended by the
 # mailbox's Lua and followed by the count's body. KEYS: hpk's five mailbox keys, the
 # handshake, the session, then the nonces; ARGV: session record, its TTL in ms, the nonces'
-# TTL in ms. Returns {0, count} (done), {2} (a nonce replayed) or {3} (handshake gone).
+# TTL in ms, the handshake record expected (empty: any). Returns {0, count} (done), {2} (a nonce replayed) or {3} (handshake gone).
 _PROVE = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[4] then return {3} end
 local replayed = false
 for i = 8, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
@@ -56,6 +57,14 @@ if replayed then return {2} end
 if redis.call('DEL', KEYS[6]) == 0 then return {3} end
 redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[2])
 local function op()
+"""
+
+# Replace a handshake if it is the one expected. KEYS: handshake; ARGV: the expected record,
+# the new one, TTL in ms. Returns 1 (replaced) or 0.
+_REPLACE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
 
@@ -110,6 +119,13 @@ class RedisSessionStore:
         done = await self._backend.script(_FINISH, keys, [encode_session(session), ttl_ms(ttl)])
         return done == 1
 
+    async def replace_handshake(self, key: bytes, expected: Handshake, handshake: Handshake,
+                                ttl: float) -> bool:
+        done = await self._backend.script(
+            _REPLACE, [self._handshake_key(key)],
+            [encode_handshake(expected), encode_handshake(handshake), ttl_ms(ttl)])
+        return done == 1
+
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
         name, value = self._session_key(hpk), encode_session(session)
         await self._backend.run(lambda redis: redis.set(name, value, pexpire=ttl_ms(ttl)))
@@ -150,12 +166,15 @@ class RedisSessionStore:
 
     async def finish_handshake_claiming_nonces(self, key: bytes, hpk: bytes, session: Session,
                                                ttl: float, nonces: list[bytes],
-                                               nonce_ttl: float) -> tuple[Claim, int]:
+                                               nonce_ttl: float,
+                                               expected: Handshake | None = None
+                                               ) -> tuple[Claim, int]:
         count = self._mailbox.plan(CountOp(hpk))
         keys = [*count.keys, self._handshake_key(key), self._session_key(hpk),
                 *(self._backend.key("nonce", nonce) for nonce in nonces)]
         reply = await self._backend.script(
-            self._prove, keys, [encode_session(session), ttl_ms(ttl), ttl_ms(nonce_ttl)])
+            self._prove, keys, [encode_session(session), ttl_ms(ttl), ttl_ms(nonce_ttl),
+             b"" if expected is None else encode_handshake(expected)])
         if reply[0] == 2:
             return Claim.REPLAYED, 0
         if reply[0] == 3:
