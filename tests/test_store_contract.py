@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, gatherResults
 
 from relay.store.errors import StoreFull, StoreRateLimited
-from relay.store.interfaces.sessions import Handshake, Session
+from relay.store.interfaces.mailbox import (
+    CountOp,
+    DeleteOp,
+    MessageTTLOp,
+    ReadOp,
+    StoreMessageOp,
+)
+from relay.store.interfaces.sessions import Claim, Handshake, Session
 from relay.store.quota import MESSAGE_OVERHEAD, MessageQuota
 from tests.store_models import model_test
 
@@ -365,6 +372,159 @@ async def test_whole_mailbox_expires(store_factory, store_sleep):
     assert await mailbox.count(hpk) == 0
     assert await mailbox.delete(hpk, [messages[0][0]]) == 0
     assert await mailbox.message_ttl(messages[0][2]) == -2
+
+
+# -- a command's session check, nonce claim and mailbox op in one step -----------------------
+
+
+async def with_session(sessions) -> tuple[bytes, Session]:
+    hpk, session = random_key(), Session(os.urandom(32), os.urandom(32))
+    await sessions.put_session(hpk, session, LONG_TTL)
+    return hpk, session
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_claiming_nonce_runs_each_op(store_factory):
+    sessions, mailbox = store_factory.sessions, store_factory.mailbox
+    hpk, session = await with_session(sessions)
+    run = sessions.run_command_claiming_nonce
+
+    async def done(op):
+        claim, result = await run(hpk, session, os.urandom(24), LONG_TTL, op)
+        assert claim is Claim.DONE
+        return result
+
+    assert await done(None) is None
+    assert await done(CountOp(hpk)) == 0
+    token = os.urandom(32)
+    assert await done(StoreMessageOp(hpk, b"id-1", b"record-1", token, LONG_TTL, 10,
+                                     sender=hpk, client="192.0.2.7/32")) is None
+    await mailbox.store_message(hpk, b"id-2", b"record-2", os.urandom(32), LONG_TTL, 10)
+    assert await done(CountOp(hpk)) == 2
+    assert await done(ReadOp(hpk, 0, 10)) == [b"record-1", b"record-2"]
+    assert await done(ReadOp(hpk, 1, 1)) == [b"record-2"]
+    assert await done(ReadOp(hpk, 5, 0)) == []
+    assert 3500 <= await done(MessageTTLOp(token)) <= 3600
+    assert await done(MessageTTLOp(os.urandom(32))) == -2
+    assert await done(DeleteOp(hpk, [b"id-1", b"unknown"])) == 1
+    assert await done(DeleteOp(hpk, [])) == 1
+    assert await mailbox.read(hpk, 0, 10) == [b"record-2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_claiming_nonce_refuses_replays_and_other_sessions(store_factory):
+    sessions, mailbox = store_factory.sessions, store_factory.mailbox
+    hpk, session = await with_session(sessions)
+    run = sessions.run_command_claiming_nonce
+    nonce = os.urandom(24)
+
+    def upload(msg_id: bytes) -> StoreMessageOp:
+        return StoreMessageOp(hpk, msg_id, b"record", os.urandom(32), LONG_TTL, 10)
+
+    # No session, or another one: nothing done, the nonce not claimed.
+    other = Session(os.urandom(32), os.urandom(32))
+    assert await run(random_key(), session, nonce, LONG_TTL, upload(b"a")) \
+        == (Claim.NO_SESSION, None)
+    assert await run(hpk, other, nonce, LONG_TTL, upload(b"a")) == (Claim.NO_SESSION, None)
+    assert await mailbox.count(hpk) == 0
+    assert (await run(hpk, session, nonce, LONG_TTL, upload(b"a")))[0] is Claim.DONE
+    # The nonce is taken now, whichever way it is claimed next; a replay runs nothing.
+    assert await run(hpk, session, nonce, LONG_TTL, upload(b"b")) == (Claim.REPLAYED, None)
+    assert await sessions.claim_nonce(nonce, LONG_TTL) is False
+    assert await sessions.get_session_claiming_nonce(hpk, nonce, LONG_TTL) == (session, False)
+    assert await mailbox.read(hpk, 0, 10) == [b"record"]
+    claimed = os.urandom(24)
+    assert await sessions.claim_nonce(claimed, LONG_TTL) is True
+    assert await run(hpk, session, claimed, LONG_TTL, CountOp(hpk)) == (Claim.REPLAYED, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_claiming_nonce_upload_refusals_raise(store_factory):
+    sessions = store_factory.sessions
+    hpk, session = await with_session(sessions)
+    run = sessions.run_command_claiming_nonce
+    for msg_id in (b"a", b"b"):
+        op = StoreMessageOp(hpk, msg_id, b"record", os.urandom(32), LONG_TTL, 1)
+        if msg_id == b"a":
+            assert (await run(hpk, session, os.urandom(24), LONG_TTL, op))[0] is Claim.DONE
+        else:
+            with pytest.raises(StoreFull):
+                await run(hpk, session, os.urandom(24), LONG_TTL, op)
+    quota = MessageQuota(max_messages=10, client_upload_bytes=10, client_upload_window=60)
+    op = StoreMessageOp(random_key(), b"c", b"x" * 11, os.urandom(32), LONG_TTL, quota,
+                        client="192.0.2.7/32")
+    with pytest.raises(StoreRateLimited):
+        await run(hpk, session, os.urandom(24), LONG_TTL, op)
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_commands_with_one_nonce_run_once(store_factory):
+    sessions, mailbox = store_factory.sessions, store_factory.mailbox
+    hpk, session = await with_session(sessions)
+    nonce = os.urandom(24)
+    claims = await both(*(sessions.run_command_claiming_nonce(
+        hpk, session, nonce, LONG_TTL,
+        StoreMessageOp(hpk, bytes([i]), b"record", os.urandom(32), LONG_TTL, 100))
+        for i in range(8)))
+    assert sorted(claim.value for claim, _ in claims) == ["done"] + ["replayed"] * 7
+    assert await mailbox.count(hpk) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_finish_handshake_claiming_nonces(store_factory):
+    sessions, mailbox = store_factory.sessions, store_factory.mailbox
+    key, hpk = random_key(), random_key()
+    await sessions.put_handshake(key, Handshake(os.urandom(32), os.urandom(32), os.urandom(32)),
+                                 LONG_TTL)
+    await mailbox.store_message(hpk, b"id", b"record", os.urandom(32), LONG_TTL, 10)
+    session = Session(os.urandom(32), os.urandom(32))
+    seen = os.urandom(24)
+    assert await sessions.claim_nonce(seen, LONG_TTL) is True
+    finish = sessions.finish_handshake_claiming_nonces
+    # A replayed nonce finishes nothing: the handshake stays for a proper /prove.
+    assert await finish(key, hpk, session, LONG_TTL, [os.urandom(24), seen], LONG_TTL) \
+        == (Claim.REPLAYED, 0)
+    assert await sessions.get_session(hpk) is None
+    nonces = [os.urandom(24), os.urandom(24)]
+    assert await finish(key, hpk, session, LONG_TTL, nonces, LONG_TTL) == (Claim.DONE, 1)
+    assert await sessions.get_session(hpk) == session
+    assert await sessions.get_handshake(key) is None
+    assert all([not await sessions.claim_nonce(n, LONG_TTL) for n in nonces])
+    assert await finish(key, hpk, session, LONG_TTL, [os.urandom(24)], LONG_TTL) \
+        == (Claim.GONE, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_replace_handshake_only_the_expected_one(store_factory):
+    sessions = store_factory.sessions
+    key = random_key()
+    first = Handshake(os.urandom(32), os.urandom(32))
+    verified = Handshake(first.client_token, first.relay_token, os.urandom(32))
+    assert await sessions.replace_handshake(key, first, verified, LONG_TTL) is False
+    assert await sessions.get_handshake(key) is None
+    await sessions.put_handshake(key, first, LONG_TTL)
+    assert await sessions.replace_handshake(key, first, verified, LONG_TTL) is True
+    assert await sessions.get_handshake(key) == verified
+    other = Handshake(first.client_token, first.relay_token, os.urandom(32))
+    assert await sessions.replace_handshake(key, first, other, LONG_TTL) is False
+    assert await sessions.get_handshake(key) == verified
+
+
+@pytest_twisted.ensureDeferred
+async def test_finish_handshake_expecting_another_does_nothing(store_factory):
+    sessions = store_factory.sessions
+    key, hpk = random_key(), random_key()
+    stored = Handshake(os.urandom(32), os.urandom(32), os.urandom(32))
+    await sessions.put_handshake(key, stored, LONG_TTL)
+    session, nonce = Session(os.urandom(32), os.urandom(32)), os.urandom(24)
+    other = Handshake(stored.client_token, stored.relay_token, os.urandom(32))
+    finish = sessions.finish_handshake_claiming_nonces
+    assert await finish(key, hpk, session, LONG_TTL, [nonce], LONG_TTL, expected=other) \
+        == (Claim.GONE, 0)
+    assert await sessions.get_handshake(key) == stored
+    assert await finish(key, hpk, session, LONG_TTL, [nonce], LONG_TTL, expected=stored) \
+        == (Claim.DONE, 0)  # the nonce was not claimed by the refused call
+    assert await sessions.get_session(hpk) == session
 
 
 # -- random operation sequences against a model ----------------------------------------------

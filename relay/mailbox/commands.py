@@ -14,9 +14,11 @@ from twisted.internet.interfaces import IReactorTime
 
 from relay.config import MailboxConfig
 from relay.crypto import KEY_LEN, NONCE_LEN, b64encode, make_nonce
+from relay.mailbox.claims import ClaimingMailbox, SessionChanged, SessionsSeen
 from relay.mailbox.nonces import NonceGuard
 from relay.mailbox.wire import decode_field, split_lines
 from relay.store import Store
+from relay.store.interfaces.sessions import Session
 from relay.web.errors import HTTPError, bad_request, unauthorized
 from relay.web.jsonbody import JSONBodyError, parse_json
 
@@ -32,6 +34,9 @@ class CommandContext:
     extra_line: bytes | None
     # The client's network (HTTPConfig.client_key), for per-client quotas and rates.
     client: str = ""
+    # The mailbox store's methods, for handlers registered with claims_with_mailbox: the
+    # first call may carry the session check and nonce claim (relay.mailbox.claims).
+    mailbox: Any = None
 
     def encrypted(self, value: Any, *more_lines: str) -> list[str]:
         """ENC response: a fresh nonce and the boxed compact JSON of value (plus extra lines)."""
@@ -67,11 +72,18 @@ class CommandProcessor:
         self.handlers: dict[str, Handler] = {}
         # Commands that take a 4th line (the file chunk of uploadFileChunk).
         self.takes_extra_line: set[str] = set()
+        # Commands whose first store effect is a ctx.mailbox call (or none at all).
+        self.claims_with_mailbox: set[str] = set()
+        # Sessions seen here, for the one-round-trip path (/prove adds its own).
+        self.sessions_seen = SessionsSeen()
 
-    def register(self, name: str, handler: Handler, *, extra_line: bool = False) -> None:
+    def register(self, name: str, handler: Handler, *, extra_line: bool = False,
+                 claims_with_mailbox: bool = False) -> None:
         self.handlers[name] = handler
         if extra_line:
             self.takes_extra_line.add(name)
+        if claims_with_mailbox:
+            self.claims_with_mailbox.add(name)
 
     async def run(self, body: bytes, client: str = ""
                   ) -> tuple[bytes | None, str | None, list[str]]:
@@ -83,6 +95,12 @@ class CommandProcessor:
         nonce = decode_field(lines[1], NONCE_LEN, "nonce")
         ctext = decode_field(lines[2], None, "ciphertext")
         self.nonces.check_time(nonce)
+        remembered = self.sessions_seen.get(hpk)
+        if remembered is not None:
+            try:
+                return await self._run_in_one_trip(hpk, remembered, nonce, ctext, lines, client)
+            except SessionChanged:
+                self.sessions_seen.forget(hpk)
         # Claiming the nonce before the box is opened saves a store round trip; it cannot
         # burn a client's future nonce: those are unpredictable (16 random bytes).
         session, fresh = await self.store.sessions.get_session_claiming_nonce(
@@ -98,6 +116,34 @@ class CommandProcessor:
             raise unauthorized("the command box does not open with this session") from None
         if not fresh:
             raise bad_request("nonce replayed")  # 400 as in Zax, like a stale nonce
+        self.sessions_seen.remember(hpk, session)
+        data, name, handler, extra_line = self._dispatch(plain, lines)
+        context = CommandContext(hpk, box, self.clock, data, extra_line, client,
+                                 self.store.mailbox)
+        return hpk, name, await handler(context)
+
+    async def _run_in_one_trip(self, hpk: bytes, session: Session, nonce: bytes, ctext: bytes,
+                               lines: list[bytes], client: str
+                               ) -> tuple[bytes | None, str | None, list[str]]:
+        """The command with the session this node remembers for hpk: the session check and
+        nonce claim ride along with its first mailbox call. Raises SessionChanged, having
+        changed nothing, when the store has another session (or none)."""
+        box = session_box(session.relay_sk, session.client_pk)
+        try:
+            plain = box.decrypt(ctext, nonce)
+        except CryptoError:
+            raise SessionChanged() from None  # perhaps a newer session: ask the store
+        data, name, handler, extra_line = self._dispatch(plain, lines)
+        mailbox = ClaimingMailbox(self.store, hpk, session, nonce, self.nonces.remember_for)
+        if name not in self.claims_with_mailbox:
+            await mailbox.settle()  # before the handler's own store calls
+        context = CommandContext(hpk, box, self.clock, data, extra_line, client, mailbox)
+        lines_out = await handler(context)
+        await mailbox.settle()
+        return hpk, name, lines_out
+
+    def _dispatch(self, plain: bytes, lines: list[bytes]
+                  ) -> tuple[dict[str, Any], str, Handler, bytes | None]:
         data = _parse_command(plain, self.max_json)
         name = data["cmd"]
         handler = self.handlers.get(name)
@@ -107,8 +153,7 @@ class CommandProcessor:
         extra_line = lines[3] if len(lines) == 4 else None
         if extra_line is not None and name not in self.takes_extra_line:
             raise bad_request(f"{name} takes no fourth line")
-        context = CommandContext(hpk, box, self.clock, data, extra_line, client)
-        return hpk, name, await handler(context)
+        return data, name, handler, extra_line
 
 
 # Answered with 405 when the file store is disabled (and so no handler is registered).

@@ -21,11 +21,12 @@ from relay.crypto import (
     h2,
     meets_difficulty,
 )
+from relay.mailbox.claims import Seen, SessionsSeen
 from relay.mailbox.difficulty import AdaptiveDifficulty, ClientRates
 from relay.mailbox.nonces import NonceGuard
 from relay.mailbox.wire import decode_field, split_lines
 from relay.store import Store
-from relay.store.interfaces.sessions import Handshake, Session
+from relay.store.interfaces.sessions import Claim, Handshake, Session
 from relay.web.errors import HTTPError, bad_request, unauthorized
 
 # /prove carries exactly these line lengths: hash, key, nonce, and the box of the
@@ -43,6 +44,11 @@ class SessionHandshake:
         # The difficulty moves with this node's handshake rate; `difficulty.current()` reads it.
         self.difficulty = AdaptiveDifficulty(config, clock.seconds)
         self.client_handshakes: ClientRates | None = None
+        # Where /prove leaves the new session for /command's one-round-trip path.
+        self.sessions_seen: SessionsSeen | None = None
+        # Handshakes started or verified here: with one, /verify_session and /prove make one
+        # store call (that checks it is still the stored one) instead of two.
+        self.handshakes_seen: Seen[Handshake] = Seen()
         if config.handshake_rate_per_client > 0:
             self.client_handshakes = ClientRates(config.difficulty_window,
                                                  config.difficulty_client_slots)
@@ -67,8 +73,9 @@ class SessionHandshake:
         # another node) checks that one, however the difficulty moved meanwhile. At the floor
         # nothing is kept: the record stays readable by relays that keep no difficulty.
         kept = None if difficulty == self.config.difficulty else difficulty
-        await self.store.sessions.put_handshake(
-            key, Handshake(client_token, relay_token, difficulty=kept), self.config.token_timeout)
+        handshake = Handshake(client_token, relay_token, difficulty=kept)
+        await self.store.sessions.put_handshake(key, handshake, self.config.token_timeout)
+        self.handshakes_seen.remember(key, handshake)
         return key, [b64encode(relay_token), str(difficulty)]
 
     def _check_client_rate(self, client: str) -> None:
@@ -86,6 +93,13 @@ class SessionHandshake:
             raise bad_request("expected two lines: h2(client token) and the proof")
         key = decode_field(lines[0], 32, "handshake id")
         proof = decode_field(lines[1], 32, "proof")
+        remembered = self.handshakes_seen.get(key)
+        if remembered is not None and remembered.session_sk is None \
+                and self._proof_is_valid(remembered, proof):
+            handshake = attrs.evolve(remembered, session_sk=bytes(PrivateKey.generate()))
+            if await self.store.sessions.replace_handshake(key, remembered, handshake,
+                                                           self.config.session_timeout):
+                return key, [self._verified(key, handshake)]
         handshake = await self.store.sessions.get_handshake(key)
         if handshake is None:
             raise unauthorized("unknown or expired handshake")
@@ -95,8 +109,13 @@ class SessionHandshake:
             # A retried /verify_session gets the same key: the first answer may have been lost.
             handshake = attrs.evolve(handshake, session_sk=bytes(PrivateKey.generate()))
             await self.store.sessions.put_handshake(key, handshake, self.config.session_timeout)
-        session_pk = bytes(PrivateKey(handshake.session_sk).public_key)
-        return key, [b64encode(session_pk)]
+        return key, [self._verified(key, handshake)]
+
+    def _verified(self, key: bytes, handshake: Handshake) -> str:
+        """The session public key to answer with; the handshake is remembered for /prove."""
+        self.handshakes_seen.remember(key, handshake)
+        assert handshake.session_sk is not None
+        return b64encode(bytes(PrivateKey(handshake.session_sk).public_key))
 
     def _proof_is_valid(self, handshake: Handshake, proof: bytes) -> bool:
         tokens = handshake.client_token + handshake.relay_token
@@ -116,7 +135,22 @@ class SessionHandshake:
         outer_nonce = decode_field(lines[2], NONCE_LEN, "nonce")
         outer_box = decode_field(lines[3], 192, "signature box")
 
-        handshake = await self.store.sessions.get_handshake(key)
+        # The handshake this node verified, if it did: the store confirms it in the same
+        # call that finishes it. Else, or if anything fails with it (another node may have
+        # verified the handshake again), the store's decides, as if none was remembered.
+        remembered = self.handshakes_seen.get(key)
+        if remembered is not None and remembered.session_sk is not None:
+            try:
+                return await self._prove(key, client_pk, outer_nonce, outer_box, remembered)
+            except (HTTPError, _NotRemembered):
+                pass
+        self.handshakes_seen.forget(key)
+        return await self._prove(key, client_pk, outer_nonce, outer_box, None)
+
+    async def _prove(self, key: bytes, client_pk: bytes, outer_nonce: bytes,
+                     outer_box: bytes, remembered: Handshake | None
+                     ) -> tuple[bytes, list[str]]:
+        handshake = remembered or await self.store.sessions.get_handshake(key)
         if handshake is None or handshake.session_sk is None:
             raise unauthorized("unknown, expired or unverified handshake")
         session_sk = PrivateKey(handshake.session_sk)
@@ -133,15 +167,29 @@ class SessionHandshake:
             raise bad_request("the identity proof does not open") from None
         if inner != expected:
             raise bad_request("the identity proof signs the wrong session")
-        # Nonces are checked last, so a malformed request does not burn them.
-        await self.nonces.check(outer_nonce)
-        await self.nonces.check(inner_nonce)
+        # Nonces are checked last, so a malformed request does not burn them; claiming them,
+        # finishing the handshake and counting the mailbox are one store call.
+        self.nonces.check_time(outer_nonce)
+        self.nonces.check_time(inner_nonce)
         hpk = h2(identity_pk)
         session = Session(bytes(session_sk), client_pk)
-        if not await self.store.sessions.finish_handshake(key, hpk, session,
-                                                          self.config.session_timeout):
+        outcome, count = await self.store.sessions.finish_handshake_claiming_nonces(
+            key, hpk, session, self.config.session_timeout, [outer_nonce, inner_nonce],
+            self.nonces.remember_for, expected=remembered)
+        if outcome is Claim.GONE and remembered is not None:
+            raise _NotRemembered()  # nothing was done
+        self.handshakes_seen.forget(key)
+        if outcome is Claim.REPLAYED:
+            raise bad_request("nonce replayed")  # 400 as in Zax, like a stale nonce
+        if outcome is not Claim.DONE:
             raise unauthorized("handshake already used")
-        return hpk, [str(await self.store.mailbox.count(hpk))]
+        if self.sessions_seen is not None:
+            self.sessions_seen.remember(hpk, session)
+        return hpk, [str(count)]
+
+
+class _NotRemembered(Exception):
+    """The stored handshake is not the one this node remembers."""
 
 
 def _parse_signature(signature: bytes) -> tuple[bytes, bytes, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -37,16 +38,18 @@ class MessageCommands:
         self.quota = MessageQuota.from_config(config)
 
     def register(self, processor: CommandProcessor) -> None:
-        processor.register("count", self.count)
-        processor.register("upload", self.upload)
-        processor.register("download", self.download)
-        processor.register("messageStatus", self.message_status)
-        processor.register("message_status", self.message_status)  # Zax's older name
-        processor.register("delete", self.delete)
-        processor.register("getEntropy", self.get_entropy)
+        # Each handler's first store call is on ctx.mailbox: it carries the nonce claim.
+        register = functools.partial(processor.register, claims_with_mailbox=True)
+        register("count", self.count)
+        register("upload", self.upload)
+        register("download", self.download)
+        register("messageStatus", self.message_status)
+        register("message_status", self.message_status)  # Zax's older name
+        register("delete", self.delete)
+        register("getEntropy", self.get_entropy)
 
     async def count(self, ctx: CommandContext) -> list[str]:
-        return ctx.encrypted(await self.store.mailbox.count(ctx.hpk))
+        return ctx.encrypted(await ctx.mailbox.count(ctx.hpk))
 
     async def upload(self, ctx: CommandContext) -> list[str]:
         recipient = b64_field(ctx.data, "to", 32)
@@ -56,7 +59,7 @@ class MessageCommands:
             raise HTTPError(413, "message too large")
         token = storage_token(b64encode(recipient), msg_id)
         try:
-            await self.store.mailbox.store_message(
+            await ctx.mailbox.store_message(
                 recipient, msg_id, record, token, self.config.message_ttl, self.quota,
                 sender=ctx.hpk, client=ctx.client)
         except StoreRateLimited as e:
@@ -83,12 +86,12 @@ class MessageCommands:
         start = int_field(ctx.data, "start", minimum=0, maximum=2**31, default=0)
         page = self.config.download_page
         count = int_field(ctx.data, "count", minimum=0, maximum=2**31, default=page)
-        records = await self.store.mailbox.read(ctx.hpk, start, min(count, page))
+        records = await ctx.mailbox.read(ctx.hpk, start, min(count, page))
         return ctx.encrypted(b"[" + b",".join(records) + b"]")
 
     async def message_status(self, ctx: CommandContext) -> list[str]:
         token = b64_field(ctx.data, "token", 32)
-        return [str(await self.store.mailbox.message_ttl(token))]
+        return [str(await ctx.mailbox.message_ttl(token))]
 
     async def delete(self, ctx: CommandContext) -> list[str]:
         ids = ctx.data.get("payload")
@@ -97,7 +100,7 @@ class MessageCommands:
         if len(ids) > self.config.max_delete_ids:
             raise bad_request(f"at most {self.config.max_delete_ids} ids per delete")
         msg_ids = [b64_value(i, "message id", max_length=MAX_ID_BYTES) for i in ids]
-        return [str(await self.store.mailbox.delete(ctx.hpk, msg_ids))]
+        return [str(await ctx.mailbox.delete(ctx.hpk, msg_ids))]
 
     async def get_entropy(self, ctx: CommandContext) -> list[str]:
         size = int_field(ctx.data, "size", minimum=1, maximum=self.config.max_entropy)

@@ -74,6 +74,7 @@ def build_mailbox(config: RelayConfig, store: Store, clock: IReactorTime
     handshake = SessionHandshake(config.mailbox, store, clock)
     processor = CommandProcessor(config.mailbox, store, clock,
                                  max_json=config.http.max_command_body)
+    handshake.sessions_seen = processor.sessions_seen
     MessageCommands(config.mailbox, store).register(processor)
     small = config.http.max_small_body
     children: dict[bytes, Resource] = {

@@ -29,7 +29,9 @@ def test_idle_waiters_cost_little(launch, store):
                          seconds=3.0)
     assert report.facts["waiters"] == 2000, report
     assert report.facts["held"] == 2000, report
-    assert report.facts["cpu_share"] < 0.10, report
+    # Polling the store per waiter cost ~95% of a core; an idle relay measures 3-12% here
+    # (the bystander's handshakes included), more on a busy CI host.
+    assert report.facts["cpu_share"] < 0.20, report
     assert not report.bystanders_ok(BYSTANDER_SECONDS), report
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import attrs
+
 from relay.store.quota import MessageQuota
 
 
@@ -37,3 +39,46 @@ class MailboxStore(Protocol):
 
     async def message_ttl(self, token: bytes) -> int:
         """Whole seconds a message has left to live, by storage token; -2 if it is gone."""
+
+
+# One mailbox operation, to run in the same step as a /command's session check and nonce
+# claim (SessionStore.run_command_claiming_nonce): each is the MailboxStore method of the
+# same name with these arguments.
+
+
+@attrs.frozen
+class CountOp:
+    hpk: bytes
+
+
+@attrs.frozen
+class ReadOp:
+    hpk: bytes
+    start: int
+    count: int
+
+
+@attrs.frozen
+class DeleteOp:
+    hpk: bytes
+    msg_ids: list[bytes]
+
+
+@attrs.frozen
+class StoreMessageOp:
+    hpk: bytes
+    msg_id: bytes
+    record: bytes
+    token: bytes
+    ttl: float
+    quota: MessageQuota | int
+    sender: bytes = b""
+    client: str = ""
+
+
+@attrs.frozen
+class MessageTTLOp:
+    token: bytes
+
+
+MailboxOp = CountOp | ReadOp | DeleteOp | StoreMessageOp | MessageTTLOp

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import enum
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+
+if TYPE_CHECKING:
+    from relay.store.interfaces.mailbox import MailboxOp
 
 
 @attrs.frozen
@@ -28,6 +32,15 @@ class Session:
     client_pk: bytes
 
 
+class Claim(enum.Enum):
+    """How a combined session check and nonce claim went."""
+
+    DONE = "done"  # the session matched, the nonce was fresh (now claimed), the op ran
+    NO_SESSION = "no session"  # hpk has no session, or another one: nothing was done
+    REPLAYED = "replayed"  # the nonce was seen before: the op did not run
+    GONE = "gone"  # finish_handshake_claiming_nonces: the handshake was already used
+
+
 class SessionStore(Protocol):
     async def put_handshake(self, key: bytes, handshake: Handshake, ttl: float) -> None:
         """Store (or replace) the handshake under key for ttl seconds."""
@@ -39,6 +52,12 @@ class SessionStore(Protocol):
         """Atomically delete the handshake under key and store session under hpk for ttl
         (replacing any earlier session of hpk). False, storing nothing, if the handshake was
         already gone: two concurrent /prove calls cannot both succeed."""
+
+    async def replace_handshake(self, key: bytes, expected: Handshake, handshake: Handshake,
+                                ttl: float) -> bool:
+        """Store handshake under key for ttl if `expected` is what is stored there now (one
+        round trip: /verify_session with the handshake its node remembers); else False,
+        changing nothing."""
 
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
         """Store the session, replacing any earlier session of hpk."""
@@ -52,3 +71,24 @@ class SessionStore(Protocol):
 
     async def claim_nonce(self, nonce: bytes, ttl: float) -> bool:
         """True if nonce was not seen within ttl (and remember it); False for a replay."""
+
+    async def run_command_claiming_nonce(self, hpk: bytes, session: Session, nonce: bytes,
+                                         nonce_ttl: float, op: MailboxOp | None
+                                         ) -> tuple[Claim, Any]:
+        """/command's store work in one round trip: if hpk's session is `session` (the one the
+        command box opened with), claim nonce (as claim_nonce does) and, if it was fresh, run
+        op (a relay.store.interfaces.mailbox op, or None for none) and return (DONE, what the
+        op returns). (NO_SESSION, None) if hpk has no session or another one (nothing done);
+        (REPLAYED, None) if the nonce was seen (the op not run). The op raises what its
+        MailboxStore method raises; then the nonce may or may not stay claimed."""
+
+    async def finish_handshake_claiming_nonces(self, key: bytes, hpk: bytes, session: Session,
+                                               ttl: float, nonces: list[bytes],
+                                               nonce_ttl: float,
+                                               expected: Handshake | None = None
+                                               ) -> tuple[Claim, int]:
+        """/prove's store work in one round trip: claim every nonce; if all were fresh,
+        finish_handshake(key, hpk, session, ttl) and return (DONE, messages in hpk's
+        mailbox). (REPLAYED, 0) if a nonce was seen (the handshake is kept); (GONE, 0) if the
+        handshake was already used, or, with `expected`, is not that one (then nothing is
+        done, no nonce claimed)."""

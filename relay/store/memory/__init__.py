@@ -40,8 +40,9 @@ class MemoryBackend:
 
 
 def open_memory_tables(backend: MemoryBackend) -> dict:
-    sessions = MemorySessionStore(backend.clock.seconds, backend.config.memory_max_handshakes)
     mailbox = MemoryMailboxStore(backend.clock.seconds, backend.budget)
+    sessions = MemorySessionStore(backend.clock.seconds, backend.config.memory_max_handshakes,
+                                  mailbox)
     backend.mailbox = mailbox
     channels = MemoryChannelStore(backend.clock.seconds)
     files = MemoryFileStore(backend.clock.seconds, backend.budget)

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from relay.store.errors import StoreFull
-from relay.store.interfaces.sessions import Handshake, Session
+from relay.store.interfaces.mailbox import (
+    CountOp,
+    DeleteOp,
+    MailboxOp,
+    MessageTTLOp,
+    ReadOp,
+    StoreMessageOp,
+)
+from relay.store.interfaces.sessions import Claim, Handshake, Session
 from relay.store.memory.expiring import ExpiringMap
+from relay.store.memory.mailbox import MemoryMailboxStore
 
 # Default cap on handshakes in progress (StoreConfig.memory_max_handshakes).
 MAX_HANDSHAKES = 200_000
 
 
 class MemorySessionStore:
-    def __init__(self, seconds: Callable[[], float], max_handshakes: int = MAX_HANDSHAKES
-                 ) -> None:
+    def __init__(self, seconds: Callable[[], float], max_handshakes: int = MAX_HANDSHAKES,
+                 mailbox: MemoryMailboxStore | None = None) -> None:
+        # The mailbox table the combined calls (run_command_claiming_nonce, ...) run ops on.
+        self.mailbox = mailbox
         self.max_handshakes = max_handshakes
         self.handshakes: ExpiringMap[bytes, Handshake] = ExpiringMap(seconds)
         self.sessions: ExpiringMap[bytes, Session] = ExpiringMap(seconds)
@@ -37,6 +49,13 @@ class MemorySessionStore:
         self.sessions.put(hpk, session, ttl)
         return True
 
+    async def replace_handshake(self, key: bytes, expected: Handshake, handshake: Handshake,
+                                ttl: float) -> bool:
+        if self.handshakes.get(key) != expected:
+            return False
+        self.handshakes.put(key, handshake, ttl)
+        return True
+
     async def put_session(self, hpk: bytes, session: Session, ttl: float) -> None:
         self.sessions.put(hpk, session, ttl)
 
@@ -52,6 +71,49 @@ class MemorySessionStore:
 
     async def claim_nonce(self, nonce: bytes, ttl: float) -> bool:
         return self.nonces.add_if_absent(nonce, True, ttl)
+
+    async def run_command_claiming_nonce(self, hpk: bytes, session: Session, nonce: bytes,
+                                         nonce_ttl: float, op: MailboxOp | None
+                                         ) -> tuple[Claim, Any]:
+        if self.sessions.get(hpk) != session:
+            return Claim.NO_SESSION, None
+        if not self.nonces.add_if_absent(nonce, True, nonce_ttl):
+            return Claim.REPLAYED, None
+        return Claim.DONE, await self._run(op)
+
+    async def _run(self, op: MailboxOp | None) -> Any:
+        mailbox = self.mailbox
+        if op is None:
+            return None
+        assert mailbox is not None, "a mailbox op needs the mailbox table"
+        match op:
+            case CountOp(hpk):
+                return await mailbox.count(hpk)
+            case ReadOp(hpk, start, count):
+                return await mailbox.read(hpk, start, count)
+            case DeleteOp(hpk, msg_ids):
+                return await mailbox.delete(hpk, msg_ids)
+            case StoreMessageOp():
+                return await mailbox.store_message(
+                    op.hpk, op.msg_id, op.record, op.token, op.ttl, op.quota,
+                    sender=op.sender, client=op.client)
+            case MessageTTLOp(token):
+                return await mailbox.message_ttl(token)
+        raise TypeError(f"not a mailbox op: {op!r}")
+
+    async def finish_handshake_claiming_nonces(self, key: bytes, hpk: bytes, session: Session,
+                                               ttl: float, nonces: list[bytes],
+                                               nonce_ttl: float,
+                                               expected: Handshake | None = None
+                                               ) -> tuple[Claim, int]:
+        if expected is not None and self.handshakes.get(key) != expected:
+            return Claim.GONE, 0
+        fresh = [self.nonces.add_if_absent(nonce, True, nonce_ttl) for nonce in nonces]
+        if not all(fresh):
+            return Claim.REPLAYED, 0
+        if not await self.finish_handshake(key, hpk, session, ttl):
+            return Claim.GONE, 0
+        return Claim.DONE, await self._run(CountOp(hpk))
 
     def sweep(self) -> None:
         for table in (self.handshakes, self.sessions, self.nonces):

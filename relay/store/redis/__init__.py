@@ -11,7 +11,8 @@ channels.py) takes the backend and uses only this API:
 ``await backend.run(fn, replicate=False)``
     Calls ``fn(redis)`` with ONE live connection (a txredisapi RedisProtocol) and returns what
     the Deferred (or coroutine) it returns gives. Replies are raw: bulk strings are bytes,
-    integers int, status replies str ("OK"), nil None, arrays lists. The connection is shared
+    integers int, status replies str or bytes ("OK" or b"OK": bytes when hiredis parses, as
+    it does once installed), nil None, arrays lists. The connection is shared
     with other callers, so fn sends plain commands only: no MULTI/WATCH, no blocking commands,
     no pub/sub; use ``script`` for atomic multi-key updates.
     The whole call (waiting for a connection included) gets ``store.operation_timeout``

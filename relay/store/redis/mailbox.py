@@ -31,7 +31,21 @@ single Redis, not Redis Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
 from relay.store.errors import StoreFull, StoreRateLimited
+from relay.store.interfaces.mailbox import (
+    CountOp,
+    DeleteOp,
+    MailboxOp,
+    MessageTTLOp,
+    ReadOp,
+    StoreMessageOp,
+)
+from relay.store.interfaces.sessions import Claim
 from relay.store.quota import (
     CLIENT_FULL,
     CLIENT_RATE,
@@ -151,7 +165,7 @@ STORED, MAILBOX_IS_FULL, MAILBOX_BYTES_USED, SENDER_USED, CLIENT_USED, RATE_USED
 # sender_max_messages, sender_max_bytes, the client account's prefix, client_max_messages,
 # client_max_bytes, then the client's rate key prefix, bytes per window, window in ms.
 # Returns STORED or which limit refused (then nothing changed but expired entries purged).
-_STORE = _MAILBOX_LUA + """
+_STORE_BODY = """
 local now = now_ms()
 local id, record = ARGV[1], ARGV[2]
 local size = #record + OVERHEAD
@@ -229,13 +243,13 @@ _REFUSALS: dict[int, tuple[type[Exception], str]] = {
     RATE_USED: (StoreRateLimited, CLIENT_RATE),
 }
 
-_COUNT = _MAILBOX_LUA + """
+_COUNT_BODY = """
 if purge(now_ms()) then refresh_ttl() end
 return redis.call('ZCARD', KEYS[1])
 """
 
 # ARGV: first and last index (0-based, inclusive) in upload order.
-_READ = _MAILBOX_LUA + """
+_READ_BODY = """
 if purge(now_ms()) then refresh_ttl() end
 local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
 local records = {}
@@ -244,71 +258,218 @@ return records
 """
 
 # ARGV: the ids to delete. Returns how many messages are left.
-_DELETE = _MAILBOX_LUA + """
+_DELETE_BODY = """
 local now = now_ms()
 purge(now)
-for _, id in ipairs(ARGV) do remove(id) end
+for i = 1, ARGC do remove(ARGV[i]) end
 refresh_ttl()
 return redis.call('ZCARD', KEYS[1])
 """
 
 
+_MESSAGE_TTL_BODY = """
+return redis.call('PTTL', KEYS[1])
+"""
+
+# A /command's session check and nonce claim, run before its op in the same script
+# (SessionStore.run_command_claiming_nonce). The op's KEYS and ARGV come first (its body
+# reads them by position); then KEYS: hpk's session, the nonce; ARGV: the session record
+# the command's box opened with, the nonce's TTL in ms. ARGC: how many ARGV are the op's.
+_CLAIM_LUA = """
+local ARGC = #ARGV - 2
+local function claim(first_write_is_free)
+  local session_key, nonce_key, ttl = KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[#ARGV]
+  if redis.call('GET', session_key) ~= ARGV[#ARGV - 1] then return 1 end
+  if redis.call('EXISTS', nonce_key) == 1 then return 2 end
+  -- At maxmemory Redis refuses only a script's first write: this PEXPIRE of the absent
+  -- key changes nothing but is that first write, so the claim lands and a full Redis still
+  -- serves delete and download, which free memory. An upload claims without it: a full
+  -- Redis refuses the whole script (507), changing nothing.
+  if first_write_is_free then redis.call('PEXPIRE', nonce_key, ttl) end
+  redis.call('SET', nonce_key, '1', 'PX', ttl)
+  return 0
+end
+"""
+
+# What a claiming script returns first: the Claim, by number.
+CLAIM_RESULTS = {0: Claim.DONE, 1: Claim.NO_SESSION, 2: Claim.REPLAYED}
+
+
+def standalone(body: str, mailbox: bool = True) -> str:
+    """The script that runs an op's body alone (KEYS and ARGV all the op's)."""
+    return (_MAILBOX_LUA if mailbox else "") + "local ARGC = #ARGV\n" + body
+
+
+def claiming(body: str, mailbox: bool = True, first_write_is_free: bool = True) -> str:
+    """The script that checks the session and claims the nonce, then runs the op's body;
+    it returns {claim} or {0, what the body returns}."""
+    return ((_MAILBOX_LUA if mailbox else PRELUDE) + _CLAIM_LUA
+            + f"local claimed = claim({'true' if first_write_is_free else 'false'})\n"
+            + "if claimed ~= 0 then return {claimed} end\n"
+            + "local function op()\n" + body + "\nend\nreturn {0, op()}\n")
+
+
+def prove_script(head: str) -> str:
+    """/prove's script (relay.store.redis.sessions): its head, then the count's body."""
+    return _MAILBOX_LUA + "local ARGC = #ARGV\n" + head + _COUNT_BODY + "\nend\nreturn {0, op()}\n"
+
+
+_STORE, _COUNT, _READ, _DELETE, _MESSAGE_TTL = (
+    standalone(_STORE_BODY), standalone(_COUNT_BODY), standalone(_READ_BODY),
+    standalone(_DELETE_BODY), standalone(_MESSAGE_TTL_BODY, mailbox=False))
+_CLAIMING = {
+    "store": claiming(_STORE_BODY, first_write_is_free=False),
+    "count": claiming(_COUNT_BODY),
+    "read": claiming(_READ_BODY),
+    "delete": claiming(_DELETE_BODY),
+    "message_ttl": claiming(_MESSAGE_TTL_BODY, mailbox=False),
+    "none": claiming("return nil", mailbox=False),
+}
+
+
+@attrs.frozen
+class Plan:
+    """One mailbox op as a script call: which script (a _CLAIMING name), its KEYS and ARGV,
+    and what turns the script's answer into the op's result."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+    finish: Callable[[Any], Any]
+    # Wait for replicas (redis_wait_replicas) before answering: an acknowledged write.
+    replicate: bool = False
+
+
+def _same(result: Any) -> Any:
+    return result
+
+
+# Key names remembered per mailbox, sender and client (building one costs microseconds,
+# an upload names nine); forgotten all at once when this many are kept.
+KEYS_REMEMBERED = 16_384
+
+
 class RedisMailboxStore:
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
+        self._names: dict[tuple[str, bytes | str], Any] = {}
+
+    def _named(self, kind: str, owner: bytes | str) -> Any:
+        """The key names (or prefix) of kind for owner: "mailbox" (the five keys of hpk's
+        mailbox), "sender" or "client" (an account's prefix), "rate" (a client's)."""
+        names = self._names.get((kind, owner))
+        if names is None:
+            if len(self._names) >= KEYS_REMEMBERED:
+                self._names.clear()
+            key = self._backend.key
+            encoded = owner.encode() if isinstance(owner, str) else owner
+            if kind == "mailbox":
+                names = [key("mailbox", encoded, part)
+                         for part in ("order", "expiry", "records", "tokens", "size")]
+            elif kind == "rate":
+                names = key("rate", "upload", encoded)
+            else:
+                names = key("account", kind, encoded)
+            self._names[(kind, owner)] = names
+        return names
 
     def _keys(self, hpk: bytes) -> list[str]:
-        key = self._backend.key
-        return [key("mailbox", hpk, part)
-                for part in ("order", "expiry", "records", "tokens", "size")]
+        return self._named("mailbox", hpk)
 
     def _token_key(self, token: bytes) -> str:
         return self._backend.key("token", token)
 
-    async def store_message(self, hpk: bytes, msg_id: bytes, record: bytes,
-                            token: bytes, ttl: float, quota: MessageQuota | int,
-                            sender: bytes = b"", client: str = "") -> None:
-        quota = as_quota(quota)
-        size = len(record) + OVERHEAD
+    async def _run(self, plan: Plan) -> Any:
+        script = {"store": _STORE, "count": _COUNT, "read": _READ, "delete": _DELETE,
+                  "message_ttl": _MESSAGE_TTL}[plan.name]
+        return plan.finish(await self._backend.script(script, plan.keys, plan.args,
+                                                      replicate=plan.replicate))
+
+    async def run_claiming(self, plan: Plan | None, session_key: str, nonce_key: str,
+                           session_record: bytes, nonce_ttl: float) -> tuple[Claim, Any]:
+        """Check the session, claim the nonce and run the plan, in one script call."""
+        if plan is None:
+            plan = Plan("none", [], [], _same)
+        reply = await self._backend.script(
+            _CLAIMING[plan.name], [*plan.keys, session_key, nonce_key],
+            [*plan.args, session_record, ttl_ms(nonce_ttl)], replicate=plan.replicate)
+        claim = CLAIM_RESULTS[reply[0]]
+        if claim is not Claim.DONE:
+            return claim, None
+        return claim, plan.finish(reply[1] if len(reply) > 1 else None)
+
+    def plan(self, op: MailboxOp) -> Plan:
+        """The script call for op (raising what its method raises before any call)."""
+        match op:
+            case CountOp(hpk):
+                return Plan("count", self._keys(hpk), [], _same)
+            case ReadOp(hpk, start, count):
+                # Indexes start..start+count-1 that exist; a negative start only shortens
+                # the page. An empty page still runs (it purges, as the count would).
+                first, last = max(start, 0), start + count - 1
+                if count <= 0 or last < first:
+                    first, last = 1, 0
+                return Plan("read", self._keys(hpk), [first, last], _records)
+            case DeleteOp(hpk, msg_ids):
+                return Plan("delete", self._keys(hpk), list(msg_ids), _same)
+            case StoreMessageOp():
+                return self._plan_store(op)
+            case MessageTTLOp(token):
+                return Plan("message_ttl", [self._token_key(token)], [], _seconds_left)
+        raise TypeError(f"not a mailbox op: {op!r}")
+
+    def _plan_store(self, op: StoreMessageOp) -> Plan:
+        quota = as_quota(op.quota)
+        size = len(op.record) + OVERHEAD
         # Redis's own memory first: refused while it is nearly full (relay.store.redis.memory).
         self._backend.memory.check(size)
-        key = self._backend.key
-        sender_prefix = key("account", "sender", sender) if sender else ""
-        client_prefix = key("account", "client", client.encode()) if client else ""
-        rate_prefix = key("rate", "upload", client.encode()) if client else ""
-        result = await self._backend.script(
-            _STORE, [*self._keys(hpk), self._token_key(token)],
-            [msg_id, record, ttl_ms(ttl), quota.max_messages, quota.mailbox_max_bytes,
+        client = op.client
+        sender_prefix = self._named("sender", op.sender) if op.sender else ""
+        client_prefix = self._named("client", client) if client else ""
+        rate_prefix = self._named("rate", client) if client else ""
+
+        def finish(result: Any) -> None:
+            if result != STORED:
+                error, message = _REFUSALS.get(result, (StoreFull, "refused"))
+                raise error(message)
+            self._backend.memory.written(size)
+
+        return Plan(
+            "store", [*self._keys(op.hpk), self._token_key(op.token)],
+            [op.msg_id, op.record, ttl_ms(op.ttl), quota.max_messages, quota.mailbox_max_bytes,
              sender_prefix, quota.sender_max_messages, quota.sender_max_bytes,
              client_prefix, quota.client_max_messages, quota.client_max_bytes,
              rate_prefix, quota.client_upload_bytes, ttl_ms(quota.client_upload_window)],
-            replicate=True)
-        if result != STORED:
-            error, message = _REFUSALS.get(result, (StoreFull, "refused"))
-            raise error(message)
-        self._backend.memory.written(size)
+            finish, replicate=True)
+
+    async def store_message(self, hpk: bytes, msg_id: bytes, record: bytes,
+                            token: bytes, ttl: float, quota: MessageQuota | int,
+                            sender: bytes = b"", client: str = "") -> None:
+        await self._run(self.plan(StoreMessageOp(hpk, msg_id, record, token, ttl, quota,
+                                                 sender, client)))
 
     async def count(self, hpk: bytes) -> int:
-        return await self._backend.script(_COUNT, self._keys(hpk), [])
+        return await self._run(self.plan(CountOp(hpk)))
 
     async def read(self, hpk: bytes, start: int, count: int) -> list[bytes]:
-        # Indexes start..start+count-1 that exist; a negative start only shortens the page.
-        first, last = max(start, 0), start + count - 1
-        if count <= 0 or last < first:
+        if count <= 0 or start + count - 1 < max(start, 0):
             return []
-        records = await self._backend.script(_READ, self._keys(hpk), [first, last])
-        # A record is missing only if the mailbox was damaged outside the relay; skip it.
-        return [record for record in records if isinstance(record, bytes)]
+        return await self._run(self.plan(ReadOp(hpk, start, count)))
 
     async def delete(self, hpk: bytes, msg_ids: list[bytes]) -> int:
-        if not msg_ids:
-            return await self.count(hpk)
-        return await self._backend.script(_DELETE, self._keys(hpk), list(msg_ids))
+        return await self._run(self.plan(DeleteOp(hpk, msg_ids)))
 
     async def message_ttl(self, token: bytes) -> int:
-        name = self._token_key(token)
-        left_ms = await self._backend.run(lambda redis: redis.execute_command("PTTL", name))
-        # -2: no such key; -1 (a key without TTL) cannot happen here, and reads as gone.
-        if left_ms < 0:
-            return -2
-        return left_ms // 1000
+        return await self._run(self.plan(MessageTTLOp(token)))
+
+
+def _records(records: list[Any]) -> list[bytes]:
+    # A record is missing only if the mailbox was damaged outside the relay; skip it.
+    return [record for record in records if isinstance(record, bytes)]
+
+
+def _seconds_left(left_ms: int) -> int:
+    # -2: no such key; -1 (a key without TTL) cannot happen here, and reads as gone.
+    if left_ms < 0:
+        return -2
+    return left_ms // 1000

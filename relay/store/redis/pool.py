@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from relay.store.errors import StoreUnavailable
 from relay.store.redis.address import RedisAddress
+from relay.store.redis.protocol import RedisProtocol
 
 # Reconnect delays: fast first retries (Redis restarts take well under a second), then at most
 # every couple of seconds per connection, which costs Redis nothing while it is down.
@@ -63,7 +64,7 @@ class _ProtocolFactory(Factory):
     def buildProtocol(self, addr: Any) -> txredisapi.BaseRedisProtocol:
         # charset=None and convertNumbers=False: records are opaque bytes and must come back
         # exactly as stored (no decoding, no turning b"123" into an int).
-        protocol = txredisapi.RedisProtocol(
+        protocol = RedisProtocol(
             charset=None, convertNumbers=False, password=self._address.password,
             username=self._address.username, dbid=self._address.db or None)
         protocol.factory = self
