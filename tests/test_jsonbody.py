@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.web.jsonbody import MAX_DEPTH, JSONBodyError, nesting_ok, parse_json
+from relay.web.jsonbody import MAX_CONTAINERS, MAX_DEPTH, JSONBodyError, nesting_ok, parse_json
 
 
 def depth(value) -> int:
@@ -70,3 +70,30 @@ def test_size_is_checked_first():
     with pytest.raises(JSONBodyError, match="longer than"):
         parse_json(b"[" * 100, 99)
     assert parse_json(b'["' + b"[" * 40 + b'"]', 100) == ["[" * 40]
+
+
+@pytest.mark.parametrize("body", [
+    # Many small containers: the parser builds a Python list or dict for each, at a hundred
+    # times the cost per byte of a normal command (no client sends more than a few).
+    b"[" + b"[]," * 300_000 + b"[]]",
+    b"[" + b",".join([b"[" * 30 + b"]" * 30] * 16_000) + b"]",
+    b'{"a":' + b"{}," * 2000 + b"{}}",
+])
+def test_many_containers_are_refused_before_parsing(body):
+    assert not nesting_ok(body)
+    with pytest.raises(JSONBodyError, match="arrays and objects"):
+        parse_json(body, 10**6)
+
+
+def test_containers_up_to_the_cap_parse():
+    body = b"[" + b"{}," * (MAX_CONTAINERS - 2) + b"{}]"
+    assert len(parse_json(body, 10**6)) == MAX_CONTAINERS - 1
+    # Brackets inside strings are text, not containers.
+    assert parse_json(b'["' + b"[]" * 5000 + b'"]', 10**6) == ["[]" * 5000]
+
+
+@pytest.mark.parametrize("body", [b"1e400", b"[-1e400]", b'{"wait": 1E+999}'])
+def test_numbers_beyond_a_float_are_refused(body):
+    # Python reads them as inf, which json.dumps writes back as Infinity: not JSON.
+    with pytest.raises(JSONBodyError):
+        parse_json(body, 10**6)

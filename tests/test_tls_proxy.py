@@ -503,7 +503,7 @@ def test_canonical_address() -> None:
 
 def test_proxy_connections_are_admitted_as_the_client_their_header_names() -> None:
     """Twisted's PROXY wrapper connects the HTTP channel before the header arrives: the
-    connection caps count nothing until then, then the header's client (not the proxy)."""
+    connection counts in all until then, then as the header's client (not the proxy)."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
@@ -531,7 +531,7 @@ def test_proxy_connections_are_admitted_as_the_client_their_header_names() -> No
                                     hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
         before = guard.total
         protocol.makeConnection(transport)
-        assert guard.total == before  # the client is not known yet
+        assert guard.total == before + 1  # counted in all, the client not known yet
         protocol.dataReceived(proxy_header(2, (client, 40000), ("192.0.2.1", 443)))
         protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n")
         return transport

@@ -106,27 +106,53 @@ class RelayChannel(http.HTTPChannel):
         if self.guard is not None:
             if _awaits_proxy_header(self.transport):
                 # Twisted's PROXY wrapper connects us before the header names the client:
-                # admit on the first bytes after it (the timers below run meanwhile).
+                # counted in all now, per client once the header has come (the timers
+                # below run meanwhile, so a header must come within request_timeout).
+                refusal = self.guard.admit_unknown(self.transport)
+                if refusal is not None:
+                    self._refuse(refusal)
+                    return
                 self._admission_pending = True
+                _on_proxy_header(self.transport, self._header_came)
             elif not self._admit():
                 return
         super().connectionMade()
         self._last_read = self.clock.seconds()
         self._arm(self._last_read + self.limits.request_timeout)
 
+    def _client(self) -> str:
+        host = getattr(self.transport.getPeer(), "host", None)  # None: a UNIX socket
+        return self.client_key(host) if (host and self.client_key) else "-"
+
     def _admit(self) -> bool:
         """Count the connection against the caps, or answer the refusal and close."""
         assert self.guard is not None
-        host = getattr(self.transport.getPeer(), "host", None)  # None: a UNIX socket
-        key = self.client_key(host) if (host and self.client_key) else "-"
+        key = self._client()
         refusal = self.guard.admit(key, self.transport)
         if refusal is not None:
-            # Nothing parsed: answer and go.
-            self.dataReceived = _ignore  # type: ignore[method-assign]
-            close_now(self.transport, REFUSALS[refusal])
+            self._refuse(refusal)
             return False
         self._admitted_as = key
         return True
+
+    def _header_came(self) -> bool:
+        """The PROXY header named the client: count it against its cap, or refuse."""
+        if not self._admission_pending:
+            return self._admitted_as is not None
+        assert self.guard is not None
+        self._admission_pending = False
+        key = self._client()
+        refusal = self.guard.identify(key)
+        if refusal is not None:
+            self._refuse(refusal)
+            return False
+        self._admitted_as = key
+        return True
+
+    def _refuse(self, refusal: str) -> None:
+        # Nothing parsed: answer and go.
+        self.dataReceived = _ignore  # type: ignore[method-assign]
+        close_now(self.transport, REFUSALS[refusal])
 
     def connectionLost(self, reason: Any) -> None:
         if self._timer is not None and self._timer.active():
@@ -135,16 +161,17 @@ class RelayChannel(http.HTTPChannel):
         if self._admitted_as is not None:
             key, self._admitted_as = self._admitted_as, None
             self.guard.release(key)  # type: ignore[union-attr]
+        elif self._admission_pending:  # closed before its PROXY header came
+            self._admission_pending = False
+            self.guard.release_unknown()  # type: ignore[union-attr]
         self._release_body()
         super().connectionLost(reason)
 
     # -- receiving --------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._admission_pending:
-            self._admission_pending = False
-            if not self._admit():
-                return
+        if self._admission_pending and not self._header_came():
+            return
         now = self._last_read = self.clock.seconds()
         if self._request_started is None:
             if not self._handlingRequest:
@@ -361,6 +388,20 @@ def close_now(transport: Any, answer: bytes) -> None:
 def _awaits_proxy_header(transport: Any) -> bool:
     """Is this a PROXY-protocol connection (whose client is not known yet when it opens)?"""
     return HAProxyProtocolWrapper is not None and isinstance(transport, HAProxyProtocolWrapper)
+
+
+def _on_proxy_header(wrapper: Any, header_came: Any) -> None:
+    """Call header_came() once the PROXY header has been read, even if no byte follows it
+    (the wrapper passes on only what comes after the header)."""
+    parse = wrapper.dataReceived
+
+    def data_received(data: bytes) -> None:
+        parse(data)  # passes what follows the header to the channel, which admits first
+        if getattr(wrapper, "_proxyInfo", None) is not None:
+            wrapper.dataReceived = parse  # header read: the wrapper's own path from now on
+            header_came()
+
+    wrapper.dataReceived = data_received
 
 
 def _ignore(data: bytes) -> None:

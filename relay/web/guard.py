@@ -1,9 +1,10 @@
 """Admission of new connections: caps in all and per client, and a file descriptor reserve.
 
-Refusing happens when a connection is made (behind the PROXY protocol: when its first bytes
-after the header arrive, as Twisted's wrapper connects us before the header names the
-client; see RelayChannel), with a short canned answer and a close; connections already
-admitted are never touched. Refusals are logged as one line per interval with a count, never
+Refusing happens when a connection is made, with a short canned answer and a close;
+connections already admitted are never touched. Behind the PROXY protocol Twisted's wrapper
+connects us before the header names the client: the connection counts in all (and against
+the descriptor reserve) from then on, and against its client's cap as soon as the header has
+come, whether a request follows or not (see RelayChannel). Refusals are logged as one line per interval with a count, never
 one line per connection: a flood must not flood the log too.
 
 Why a descriptor reserve: at the process's RLIMIT_NOFILE, accept() fails with EMFILE.
@@ -173,6 +174,35 @@ class ConnectionGuard:
             return None
         self.refusals.refused(_REASONS[reason])
         return reason
+
+    def admit_unknown(self, transport: Any) -> str | None:
+        """Admit a connection whose client is not known yet (its PROXY header is to come):
+        counted in all and against the descriptor reserve now, per client by identify()
+        once the header names it. None if admitted, else "descriptors" or "busy"."""
+        if self.descriptors.near_limit(transport):
+            reason = "descriptors"
+        elif self.total >= self.max_connections:
+            reason = "busy"
+        else:
+            self.total += 1
+            return None
+        self.refusals.refused(_REASONS[reason])
+        return reason
+
+    def identify(self, key: str) -> str | None:
+        """The client of a connection admitted by admit_unknown is now known: None if it is
+        under its cap (release(key) when it closes), else "client", and the connection no
+        longer counts (release_unknown() is not called for it)."""
+        if self.per_client.get(key, 0) >= self.max_per_client:
+            self.total -= 1
+            self.refusals.refused(_REASONS["client"])
+            return "client"
+        self.per_client[key] = self.per_client.get(key, 0) + 1
+        return None
+
+    def release_unknown(self) -> None:
+        """A connection admitted by admit_unknown closed before its client was known."""
+        self.total -= 1
 
     def release(self, key: str) -> None:
         self.total -= 1

@@ -71,10 +71,11 @@ import txredisapi
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relay.config import StoreConfig
 from relay.store.errors import StoreFull, StoreUnavailable
@@ -123,6 +124,8 @@ class RedisBackend:
         # Verified connections (weakly: the pool owns them), so that a failover can drop
         # those still open to the old master.
         self._connections: weakref.WeakSet = weakref.WeakSet()
+        # Per connection with a WAIT in flight, the calls waiting for the next WAIT.
+        self._waits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.sentinel: SentinelEndpoint | None = None
         if self.address.sentinels:
             assert self.address.master_name is not None
@@ -213,7 +216,7 @@ class RedisBackend:
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
             result = await result
         if replicate and self.config.redis_wait_replicas:
-            await self._acknowledged(self._send_wait(connection))
+            await self._replicated(connection)
         return result
 
     def _failed(self, kind: str) -> None:
@@ -221,16 +224,49 @@ class RedisBackend:
 
     # -- replication (WAIT) -----------------------------------------------------------------
 
-    def _send_wait(self, connection: Any) -> Deferred:
-        timeout_ms = max(1, round(self.config.redis_wait_timeout * 1000))
-        return connection.execute_command("WAIT", self.config.redis_wait_replicas, timeout_ms)
+    def _replicated(self, connection: Any) -> Deferred:
+        """Fires once redis_wait_replicas replicas have every write sent on `connection` so
+        far, or fails (StoreUnavailable). WAIT blocks its connection (what is pipelined
+        behind it waits too) and covers all the connection's earlier writes, so one is in
+        flight per connection at a time: writes sent meanwhile share the next one. Twelve
+        writes pipelined while no replica answers then cost two WAIT timeouts, not twelve
+        one after the other (which ran the calls behind them out of operation_timeout, and
+        the timeout dropped the connection and every read on it)."""
+        waiter: Deferred = Deferred()
+        state = self._waits.get(connection)
+        if state is None:  # none in flight: send one now (pipelined behind the write)
+            self._send_wait(connection, [waiter])
+        else:
+            state.append(waiter)  # waits for the next WAIT
+        return waiter
 
-    async def _acknowledged(self, waiting: Deferred) -> None:
-        replicas = int(await waiting)
-        if replicas < self.config.redis_wait_replicas:
-            raise StoreUnavailable(
-                f"only {replicas} of {self.config.redis_wait_replicas} Redis replicas "
-                f"acknowledged the write within {self.config.redis_wait_timeout} s")
+    def _send_wait(self, connection: Any, waiters: list[Deferred]) -> None:
+        timeout_ms = max(1, round(self.config.redis_wait_timeout * 1000))
+        wanted = self.config.redis_wait_replicas
+        self._waits[connection] = []
+
+        def answered(result: Any) -> None:
+            if isinstance(result, Failure):
+                error: Any = result
+            elif int(result) < wanted:
+                error = Failure(StoreUnavailable(
+                    f"only {int(result)} of {wanted} Redis replicas acknowledged the write "
+                    f"within {self.config.redis_wait_timeout} s"))
+            else:
+                error = None
+            for waiter in waiters:
+                if not waiter.called:  # its call may have timed out meanwhile
+                    if error is None:
+                        waiter.callback(None)
+                    else:
+                        waiter.errback(error)
+            following = self._waits.pop(connection, [])
+            if following:  # sent after this WAIT: the next one covers them
+                self._waits[connection] = following
+                self._send_wait(connection, following)
+
+        # maybeDeferred: a connection lost meanwhile raises at once ("Not connected").
+        maybeDeferred(connection.execute_command, "WAIT", wanted, timeout_ms).addBoth(answered)
 
     def _time_out(self, attempt: Deferred, call: _Call) -> None:
         if not call.graced and self.clock.seconds() - call.due > LATE_BY:
@@ -262,8 +298,9 @@ class RedisBackend:
 
         async def evaluate(redis: Any) -> Any:
             sent = redis.execute_command("EVALSHA", sha, *keys_and_args)
-            # WAIT goes right behind the script on the same connection: one round trip.
-            waiting = self._send_wait(redis) if waits else None
+            # WAIT goes right behind the script on the same connection: one round trip
+            # (unless one is in flight on it: the next covers this write too).
+            waiting = self._replicated(redis) if waits else None
             try:
                 try:
                     result = await sent
@@ -275,14 +312,14 @@ class RedisBackend:
                     if waiting is not None:
                         waiting.addErrback(lambda failure: None)
                     sent = redis.execute_command("EVAL", source, *keys_and_args)
-                    waiting = self._send_wait(redis) if waits else None
+                    waiting = self._replicated(redis) if waits else None
                     result = await sent
             except BaseException:
                 if waiting is not None:
                     waiting.addErrback(lambda failure: None)
                 raise
             if waiting is not None:
-                await self._acknowledged(waiting)
+                await waiting
             return result
 
         return await self.run(evaluate)
