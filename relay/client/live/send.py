@@ -59,7 +59,7 @@ async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
     workers = FileWorkers.start(reactor, "send")
     try:
         await _sending_files(channel, workers, entries, offsets, chunk_size, total, progress,
-                             reactor)
+                             reactor, accept.get("prefixes"))
     finally:
         workers.stop()
     await send_json(channel, {"type": "done"})
@@ -71,7 +71,8 @@ async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
 
 async def _sending_files(channel: RecordChannel, workers: FileWorkers,
                          entries: list[SourceEntry], offsets: list[Any], chunk_size: int,
-                         total: int, progress: Progress | None, reactor: Any) -> None:
+                         total: int, progress: Progress | None, reactor: Any,
+                         prefixes: Any = None) -> None:
     done = 0
     try:
         for index, entry in enumerate(entries):
@@ -86,7 +87,7 @@ async def _sending_files(channel: RecordChannel, workers: FileWorkers,
             offset = int_field({"offset": offsets[index]}, "offset", 0, entry.size)
             done += offset
             done = await _send_one(channel, workers, index, entry, offset, chunk_size, done,
-                                   total, progress)
+                                   total, progress, _prefix(prefixes, index))
     except RecordError as e:
         if isinstance(e, RecordTimeout):
             raise
@@ -96,6 +97,15 @@ async def _sending_files(channel: RecordChannel, workers: FileWorkers,
         if reason is not None:
             raise reason from None
         raise
+
+
+def _prefix(prefixes: Any, index: int) -> str | None:
+    """The recipient's SHA-256 of its partial file of entry index (None: not sent; an older
+    recipient, whose offset is taken as it is)."""
+    if not isinstance(prefixes, list) or index >= len(prefixes):
+        return None
+    value = prefixes[index]
+    return value if isinstance(value, str) else ""
 
 
 async def _peer_error(channel: RecordChannel, reactor: Any) -> TransferError | None:
@@ -130,20 +140,27 @@ def _hash_prefix(f: Any, digest: Any, size: int, name: str) -> None:  # worker t
 
 async def _send_one(channel: RecordChannel, workers: FileWorkers, index: int,
                     entry: SourceEntry, offset: int, chunk_size: int, done: int, total: int,
-                    progress: Progress | None) -> int:
+                    progress: Progress | None, their_prefix: str | None = None) -> int:
+    """Send one file from offset (the size of the recipient's partial file). Resuming goes
+    by content: when the recipient's partial does not hash like this file's first offset
+    bytes (their_prefix), the file is sent whole (offset 0) and the recipient starts over."""
     assert entry.path is not None and entry.size is not None
     name = printable_name(entry.name)
     digest = hashlib.sha256()
-    hashing = BackgroundHash(workers.hash, digest)
-    await send_json(channel, {"type": "file", "index": index, "offset": offset})
     try:
         with open(entry.path, "rb", buffering=0) as f:
-            # The recipient's hash covers its resumed prefix too.
-            prefix = workers.disk.submit(_hash_prefix, f, digest, offset, name)
+            if offset:
+                # The recipient's hash covers its resumed prefix too.
+                await workers.disk.submit(_hash_prefix, f, digest, offset, name)
+                if their_prefix is not None and digest.hexdigest() != their_prefix:
+                    done -= offset
+                    offset, digest = 0, hashlib.sha256()
+                    f.seek(0)
+            await send_json(channel, {"type": "file", "index": index, "offset": offset})
+            hashing = BackgroundHash(workers.hash, digest)
             blocks = ReadAhead(workers.disk, f, hashing, offset, entry.size, chunk_size,
                                name=name)
             try:
-                await prefix
                 while (block := await blocks.next()) is not None:
                     await channel.send(KIND_DATA, block)
                     done += len(block)
