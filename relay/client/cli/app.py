@@ -297,7 +297,7 @@ def _quiet_stdout(ctx: Context) -> None:
         pass
 
 
-def _install_interrupt(reactor: Any, ctx: Context, finished: Any) -> None:
+def _install_interrupt(reactor: Any, ctx: Context, running: dict[str, Any]) -> None:
     """Ctrl-C (and SIGTERM): at a prompt, KeyboardInterrupt right there; otherwise tell
     the peer (ctx.interruption), stop the command, exit 130. A second Ctrl-C, or the
     hooks taking over HOOK_TIMEOUT, ends the process at once."""
@@ -313,10 +313,13 @@ def _install_interrupt(reactor: Any, ctx: Context, finished: Any) -> None:
         if ctx.interruption.fired:
             _hard_exit()
         settled = ctx.interruption.fire()
-        settled.addBoth(lambda _: finished.called or finished.cancel())
+        finished = running.get("command")
+        if finished is not None:
+            settled.addBoth(lambda _: finished.called or finished.cancel())
         reactor.callLater(HOOK_TIMEOUT + 2, _hard_exit)
 
     def on_signal(signum: int, frame: Any) -> None:
+        prompt.state.interrupted = True
         if prompt.state.prompting:
             raise KeyboardInterrupt
         reactor.callFromThread(interrupt)
@@ -362,9 +365,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     outcome: dict[str, Any] = {}
     ctx = Context(args=args, reactor=reactor)
 
+    running: dict[str, Any] = {}
+    # Before the command starts (it may prompt at once), and whatever the parent did with
+    # SIGINT (a shell's background job inherits it ignored).
+    _install_interrupt(reactor, ctx, running)
+
     def start() -> None:
-        finished = Deferred.fromCoroutine(run(ctx))
-        _install_interrupt(reactor, ctx, finished)
+        finished = running["command"] = Deferred.fromCoroutine(run(ctx))
 
         def done(code: int) -> None:
             outcome["code"] = code

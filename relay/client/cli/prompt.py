@@ -23,6 +23,7 @@ MAX_ANSWER = 256  # characters read for a y/N answer or a typed code
 
 class _State:
     prompting = False
+    interrupted = False  # a Ctrl-C came (maybe just before a prompt began)
 
 
 state = _State()
@@ -67,6 +68,8 @@ def ask_line(stdin: Any, stderr: Any, question: str,
     """One line typed by the user (stripped); None at end of input. Interrupted on Ctrl-C."""
     state.prompting = True
     try:
+        if state.interrupted:
+            raise KeyboardInterrupt
         if _real_terminal(stdin, stderr):
             return _readline(question, words)
         if is_terminal(stdin):
