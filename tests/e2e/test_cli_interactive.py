@@ -136,8 +136,8 @@ def test_ctrl_c_of_a_waiting_sender_ends_its_code(pair) -> None:
 def test_ctrl_c_of_the_sender_mid_transfer_tells_the_receiver(pair, tmp_path) -> None:
     alice, bob, _ = pair
     big = tmp_path / "big.bin"
-    write_random(big, 2_000_000)
-    sender = spawn(alice, "send", "--limit-rate", "300k", str(big))
+    write_random(big, 4_000_000)
+    sender = spawn(alice, "send", "--limit-rate", "1M", str(big))
     sender.expect(r"Code phrase: ")
     sender.expect(r"(\S+-\S+-\S+-\S+)")
     code = sender.match.group(1)
@@ -155,8 +155,8 @@ def test_ctrl_c_of_the_sender_mid_transfer_tells_the_receiver(pair, tmp_path) ->
 def test_ctrl_c_of_the_receiver_mid_transfer_tells_the_sender(pair, tmp_path) -> None:
     alice, bob, _ = pair
     big = tmp_path / "big.bin"
-    write_random(big, 2_000_000)
-    sender = alice.start("send", "--limit-rate", "300k", str(big))
+    write_random(big, 4_000_000)
+    sender = alice.start("send", "--limit-rate", "1M", str(big))
     code = sender.wait_for(CODE_LINE).group(1)
     out = tmp_path / "in"
     receiver = spawn(bob, "receive", "-y", "--no-mailbox", "-o", str(out),

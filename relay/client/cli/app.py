@@ -45,6 +45,10 @@ from relay.client.local.home import ENV_HOME
 from relay.client.safe_paths import printable_name
 from relay.heap import keep_big_buffers
 
+# After an interruption, how long the command may tidy up (remove a stream's partial
+# file, flush what the peer was told) before the process stops.
+STOP_GRACE = 0.5
+
 EPILOG = f"""\
 exit codes:
   0    done
@@ -314,8 +318,14 @@ def _install_interrupt(reactor: Any, ctx: Context, running: dict[str, Any]) -> N
             _hard_exit()
         settled = ctx.interruption.fire()
         finished = running.get("command")
-        if finished is not None:
-            settled.addBoth(lambda _: finished.called or finished.cancel())
+
+        def stop_command(_: Any) -> None:
+            if finished is not None and not finished.called:
+                finished.cancel()
+            # What the peer was told is written; its own closing handshake is not awaited.
+            reactor.callLater(STOP_GRACE, _stop_reactor, reactor)
+
+        settled.addBoth(stop_command)
         reactor.callLater(HOOK_TIMEOUT + 2, _hard_exit)
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -351,6 +361,11 @@ class _Drain:
         return "signals"
 
 
+def _stop_reactor(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()
+
+
 def _hard_exit() -> None:
     _say_line(sys.stderr, "relay: interrupted")
     os._exit(EXIT_INTERRUPTED)
@@ -384,17 +399,19 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
         def stop(_: Any) -> None:
             if ctx.interruption.fired:  # the peer is being told: wait for that
-                ctx.interruption.settled.addBoth(lambda _: reactor.stop())
+                ctx.interruption.settled.addBoth(lambda _: _stop_reactor(reactor))
             else:
-                reactor.stop()
+                _stop_reactor(reactor)
 
         finished.addCallbacks(done, failed)
         finished.addBoth(stop)
 
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=False)
+    if "code" not in outcome:  # stopped before the command could say it
+        _say_line(sys.stderr, "relay: interrupted")
     code = outcome.get("code", EXIT_INTERRUPTED)
-    if ctx.interruption.fired and code != EXIT_INTERRUPTED:
+    if ctx.interruption.fired:
         code = EXIT_INTERRUPTED
     try:
         sys.stdout.flush()

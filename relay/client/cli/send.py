@@ -42,8 +42,10 @@ DEFAULT_STDIN_NAME = "stdin"
 # default, may refuse less); a live transfer has no such cap on the sender's side.
 STDIN_DROP_MAX = 4 * 1024 ** 3
 _SPOOL_BLOCK = 1024 * 1024
-# What a relay without the live rendezvous (--no-rendezvous) answers to /join.
-NO_RENDEZVOUS = (404, 405, 501)
+# What a relay without the live rendezvous (--no-rendezvous) answers to /join: 503 with
+# no details, as Zax answers any path it does not serve (a busy relay's canned 503 looks
+# the same to this client, and a dead drop is a fine answer to that too).
+NO_RENDEZVOUS = (404, 405, 501, 503)
 
 
 def _sources(ctx: Context) -> list[SourceEntry]:
@@ -166,19 +168,20 @@ def show_code(ctx: Context, label: str, code: str) -> None:
 
 
 async def _start_live(ctx: Context, fallback: bool) -> LiveStart | None:
-    """A joined channel; None when the relay has no live rendezvous (run with
+    """A joined channel; None when the relay offers no live rendezvous (run with
     --no-rendezvous) and the caller can fall back to a dead drop."""
     try:
         return await start_live_send(ctx.reactor, ctx.relay_url)
     except RelayError as e:
-        if fallback and e.status in NO_RENDEZVOUS:
-            ctx.say("This relay has no live rendezvous: leaving a dead drop instead.")
+        if e.status not in NO_RENDEZVOUS or e.details:
+            raise
+        if fallback:
+            ctx.say("The relay offers no live rendezvous (or is busy): leaving a dead drop "
+                    "instead.")
             return None
-        if e.status in NO_RENDEZVOUS:
-            raise RelayError("this relay has no live rendezvous (it runs without one): "
-                             "send with --drop, or --to a contact, to leave a dead drop",
-                             e.status) from None
-        raise
+        raise RelayError("the relay offers no live rendezvous (or is busy): send with "
+                         "--drop, or --to a contact, to leave a dead drop", e.status) \
+            from None
 
 
 async def _send_by_code(ctx: Context, entries: list[SourceEntry], text: str | None) -> int:

@@ -221,6 +221,9 @@ def _utf8(raw: bytes) -> bool:
 
 async def tell_cancelled(channel: RecordChannel, by: str) -> None:
     """Tell the peer that this side (by: "sender" or "receiver") was interrupted: a
-    `cancel` message, then the final record (the caller closes the connection)."""
+    `cancel` message, then the final record and the connection closed."""
     await send_json(channel, {"type": "cancel", "by": by})
     await channel.finish()
+    close = getattr(channel, "close", None)
+    if close is not None:
+        close()  # flushes what is written, then closes: the peer reads the cancel first
