@@ -52,12 +52,17 @@ STOP_GRACE = 0.5
 EPILOG = f"""\
 exit codes:
   0    done
-  1    the transfer failed or was refused (nobody came, unsafe names, exists, cut off)
+  1    the transfer failed or was refused (nobody came, declined, unsafe names, exists)
   2    usage: bad arguments, unknown contact, malformed code, bad identity or config file
   3    the relay is unreachable or answered with an error
   4    verification failed: a checksum, size or encrypted chunk did not check out
   5    wrong code: the code phrase or drop code did not match (a code works once)
-  130  interrupted
+  6    the other side cancelled (Ctrl-C there)
+  130  interrupted (Ctrl-C, SIGTERM): the other side is told
+
+Common options (--relay, --home, -q, --progress) go before or after the command.
+Incoming transfers are described and asked about (Accept? [y/N]) unless -y; without a
+terminal and without -y they are refused.
 
 environment:
   {ENV_URL}    relay URL (after --relay; before the config file; default {DEFAULT_RELAY_URL})

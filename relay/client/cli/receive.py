@@ -28,6 +28,7 @@ from relay.client.cli.context import ENV_CODE, Context
 from relay.client.cli.progress import human_bytes
 from relay.client.errors import (
     ChannelClosed,
+    RecordError,
     Refused,
     RelayError,
     TransferError,
@@ -164,6 +165,11 @@ class Receiver:
             if e.status == 409:
                 raise TransferError("someone else already used this code") from None
             raise
+        except RecordError as e:
+            if ctx.args.stdout:
+                raise
+            raise TransferError(f"the transfer was cut ({e}); what arrived is kept: ask the "
+                                f"sender to send the same files again to resume") from None
         finally:
             bar.finish()
         offered = sum(os.path.getsize(p) for p in result.files) + (

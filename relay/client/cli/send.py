@@ -27,7 +27,14 @@ from relay.client import codes
 from relay.client.cli.context import Context
 from relay.client.cli.progress import human_bytes
 from relay.client.cli.prompt import is_terminal
-from relay.client.errors import ClientError, NobodyCame, RelayError, TransferError, UsageError
+from relay.client.errors import (
+    ClientError,
+    NobodyCame,
+    RecordError,
+    RelayError,
+    TransferError,
+    UsageError,
+)
 from relay.client.live.protocol import MAX_TEXT, SourceEntry, collect_sources
 from relay.client.live.session import LiveStart, effective_wait, run_live_send, start_live_send
 from relay.client.local.contacts import Contact
@@ -203,6 +210,9 @@ async def _send_by_code(ctx: Context, entries: list[SourceEntry], text: str | No
         await run_live_send(ctx.reactor, start, entries, text=text, wait=wait, progress=bar,
                             limit_rate=args.limit_rate, interruption=ctx.interruption,
                             on_connected=lambda: ctx.say("Connected; sending..."))
+    except RecordError as e:
+        raise TransferError(f"the transfer was cut ({e}); send the same paths again (a new "
+                            f"code) to resume where it stopped") from None
     except NobodyCame:
         if not args.drop:
             raise NobodyCame(f"nobody came within {_duration(wait)}; send again for a new "
