@@ -1,6 +1,6 @@
 """The client side of the live rendezvous: join, the PAKE over /channel, then the staple.
 
-    start = await start_sender(reactor, "http://relay:8080")
+    start = await start_live_send(reactor, "http://relay:8080")   # relay/client/live/session.py
     print(start.code)                          # tell the recipient, out of band
     stapled = await start.connect(timeout=300)
     # elsewhere
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+from contextlib import nullcontext
 from typing import Any
 
 import attrs
@@ -26,8 +27,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from relay.client.errors import ClientError, RelayError, RelayTimeout
-from relay.client.pake import RECIPIENT, SENDER, Exchange, TrafficKeys, WrongCode, make_code
+from relay.client.errors import ChannelClosed, RelayError, RelayTimeout
+from relay.client.interrupt import Interruption
+from relay.client.live.pake import RECIPIENT, SENDER, Exchange, TrafficKeys, WrongCode
 
 # A peer's response (and so the whole PAKE) must come within this by default.
 DEFAULT_TIMEOUT = 300.0
@@ -37,10 +39,6 @@ REQUEST_SLACK = 15.0
 MAX_STAPLE_ANSWER = 256
 # Bytes the peer may send before hand_off() before this side stops reading.
 MAX_EARLY_BYTES = 1024 * 1024
-
-
-class ChannelClosed(ClientError):
-    """The peer (or the relay) closed the channel before the exchange finished."""
 
 
 def _b64(data: bytes) -> str:
@@ -259,13 +257,6 @@ class SenderStart:
         return await _run_sender(self.api, self.joined, self.code, timeout)
 
 
-async def start_sender(reactor: Any, relay_url: str, words: int = 3,
-                       bind_host: str | None = None) -> SenderStart:
-    api = ChannelAPI(reactor, relay_url, bind_host)
-    joined = await api.join(SENDER)
-    return SenderStart(api=api, joined=joined, code=make_code(joined.channel, words))
-
-
 async def _run_sender(api: ChannelAPI, joined: Joined, code: str, timeout: float) -> Stapled:
     deadline = api.reactor.seconds() + timeout
     exchange = Exchange(SENDER, code)
@@ -286,19 +277,24 @@ async def _run_sender(api: ChannelAPI, joined: Joined, code: str, timeout: float
 
 async def connect_recipient(reactor: Any, relay_url: str, code: str,
                             timeout: float = DEFAULT_TIMEOUT,
-                            bind_host: str | None = None) -> Stapled:
+                            bind_host: str | None = None,
+                            interruption: Interruption | None = None) -> Stapled:
     api = ChannelAPI(reactor, relay_url, bind_host)
     deadline = reactor.seconds() + timeout
     exchange = Exchange(RECIPIENT, code)
     joined = await api.join(RECIPIENT, exchange.channel)
-    state = await api.wait_for(joined, "x", deadline, await api.channel(joined))
-    exchange.finish(_unb64(state["x"], 33))
-    state = await api.channel(joined, y=exchange.message(), hh_k=exchange.own_tag())
-    state = await api.wait_for(joined, "h_k", deadline, state)
-    try:
-        exchange.check_peer_tag(_unb64(state["h_k"], 32))
-    except WrongCode:
-        await api.close(joined)
-        raise
-    return await staple(reactor, joined, exchange.traffic_keys(),
-                        max(1.0, deadline - reactor.seconds()), bind_host)
+    # Interrupted from here on: close the channel, so that the sender stops waiting.
+    leaving = interruption.telling_peer(lambda: api.close(joined)) if interruption \
+        else nullcontext()
+    with leaving:
+        state = await api.wait_for(joined, "x", deadline, await api.channel(joined))
+        exchange.finish(_unb64(state["x"], 33))
+        state = await api.channel(joined, y=exchange.message(), hh_k=exchange.own_tag())
+        state = await api.wait_for(joined, "h_k", deadline, state)
+        try:
+            exchange.check_peer_tag(_unb64(state["h_k"], 32))
+        except WrongCode:
+            await api.close(joined)
+            raise
+        return await staple(reactor, joined, exchange.traffic_keys(),
+                            max(1.0, deadline - reactor.seconds()), bind_host)
