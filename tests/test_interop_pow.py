@@ -98,7 +98,7 @@ class Flood:
 
 async def our_client_loop(url: str, stop: threading.Event, seen: list[int]) -> None:
     """Fresh identities back to back, like glow's: the whole handshake, then a command."""
-    from relay.client.mailbox import MailboxClient
+    from relay.client.mailbox.client import MailboxClient
 
     while not stop.is_set():
         client = MailboxClient(url, PrivateKey.generate(), request_timeout=30.0,

@@ -22,7 +22,7 @@ from nacl.encoding import RawEncoder
 from nacl.hash import blake2b
 from nacl.public import PrivateKey
 
-from relay.client.errors import ClientError
+from relay.client.errors import BadCode
 
 WORDS: tuple[str, ...] = tuple("""
     able acid acorn acre actor adapt admit adobe adult aero agent agile aisle alarm album
@@ -83,10 +83,6 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _CROCKFORD_FIXES = str.maketrans({"o": "0", "i": "1", "l": "1"})
 _SEPARATORS = re.compile(r"[\s_]+")
 _CHANNEL = re.compile(r"[a-z0-9]{1,64}")
-
-
-class BadCode(ClientError):
-    """A code phrase or drop code that is malformed (nothing was sent to the relay)."""
 
 
 def make_code(channel: str, words: int = CODE_WORDS) -> str:

@@ -9,7 +9,7 @@ from nacl.public import PrivateKey
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from relay.client.mailbox import MailboxClient
+from relay.client.mailbox.client import MailboxClient
 
 BASE_URL = "http://relay.test"
 

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 
-from relay.client.records import RECIPIENT_TO_SENDER, SENDER_TO_RECIPIENT, RecordStream
+from relay.client.live.records import RECIPIENT_TO_SENDER, SENDER_TO_RECIPIENT, RecordStream
 
 
 def stream_pair_kwargs(**kwargs: Any) -> tuple[dict, dict]:

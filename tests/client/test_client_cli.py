@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 
-from relay.client import cli
-from relay.client.cli_context import Context, Settings, UsageError, load_settings
+from relay.client.cli import app as cli
+from relay.client.cli.context import Context, Settings, UsageError, load_settings
 from relay.client.codes import BadCode
 from relay.client.errors import (
     ContactError,
@@ -20,7 +20,7 @@ from relay.client.errors import (
     TransferError,
     VerificationError,
 )
-from relay.client.pake import WrongCode
+from relay.client.live.pake import WrongCode
 
 
 def parse(*argv: str):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from relay.client import codes
 from relay.client.codes import BadCode
-from relay.client.pake import channel_of
+from relay.client.live.pake import channel_of
 
 
 def test_word_list_is_clean_and_big_enough():

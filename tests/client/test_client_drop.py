@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from nacl.public import Box, PrivateKey
 
 from relay.app import build_relay
-from relay.client import drop as drop_module
-from relay.client.drop import Collector, DropGroup, group_drops, send_drop
 from relay.client.errors import ClientError, RelayError, TransferError, VerificationError
-from relay.client.inbox import DROP_TYPE, Item, box_text, open_item, open_items, read_all
+from relay.client.live.protocol import collect_sources
+from relay.client.mailbox import drop as drop_module
+from relay.client.mailbox.drop import Collector, DropGroup, group_drops, send_drop
+from relay.client.mailbox.inbox import DROP_TYPE, Item, box_text, open_item, open_items, read_all
 from relay.client.safe_paths import Overwrite
-from relay.client.transfer import collect_sources
 from relay.config import load_config
 from relay.crypto import b64encode, h2, make_nonce
 from tests.client.helpers import make_client, wall_clock

@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from relay.client.errors import TransferError
-from relay.client.file_io import BackgroundHash, FileWorkers, ReadAhead, WriteBehind
+from relay.client.live.file_io import BackgroundHash, FileWorkers, ReadAhead, WriteBehind
 from relay.heap import keep_big_buffers
 
 

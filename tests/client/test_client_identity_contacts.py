@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.client.contacts import ContactBook, check_name
 from relay.client.errors import ContactError, IdentityError
-from relay.client.home import relay_home
-from relay.client.identity import (
+from relay.client.local.contacts import ContactBook, check_name
+from relay.client.local.home import relay_home
+from relay.client.local.identity import (
     IDENTITY_FILE,
     fingerprint,
     load_identity,

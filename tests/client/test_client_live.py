@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from relay.client.errors import RelayTimeout
-from relay.client.live import (
+from relay.client.live.session import (
     EXPIRY_MARGIN,
     LiveStart,
     NobodyCame,

@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 
 from relay.app import build_relay
 from relay.client.errors import FileNotFoundOnRelay, RelayError, RelayTimeout
-from relay.client.mailbox import MailboxClient
+from relay.client.mailbox.client import MailboxClient
 from relay.config import load_config
 from relay.crypto import b64encode, h2
 from tests.client.helpers import make_client, wall_clock

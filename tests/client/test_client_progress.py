@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from relay.client.progress import ProgressBar, human_bytes, human_duration
+from relay.client.cli.progress import ProgressBar, human_bytes, human_duration
 
 
 class FakeClock:

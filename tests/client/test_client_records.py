@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
 from relay.client.errors import RecordError
-from relay.client.records import (
+from relay.client.live.records import (
     HEADER,
     KIND_FINAL,
     RECIPIENT_TO_SENDER,

@@ -13,15 +13,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from relay.client.errors import ClientError, TransferError, UnsafePathError
+from relay.client.live.protocol import KIND_JSON, PARTIAL_SUFFIX, collect_sources, partial_path
+from relay.client.live.receive import receive_files
+from relay.client.live.send import send_files
 from relay.client.safe_paths import Overwrite, ReceiveLimits
-from relay.client.transfer import (
-    KIND_JSON,
-    PARTIAL_SUFFIX,
-    collect_sources,
-    partial_path,
-    receive_files,
-    send_files,
-)
 from tests.client.streams import loopback_streams
 
 

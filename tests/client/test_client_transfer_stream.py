@@ -19,22 +19,21 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from relay.client import transfer
-from relay.client.errors import TransferError, VerificationError
-from relay.client.file_io import BackgroundHash, FileWorkers, StreamReadAhead
-from relay.client.safe_paths import ReceiveLimits
-from relay.client.transfer import (
+from relay.client.errors import OutputClosed, StreamCapExceeded, TransferError, VerificationError
+from relay.client.live import receive as receive_end
+from relay.client.live import send as send_end
+from relay.client.live.file_io import BackgroundHash, FileWorkers, StreamReadAhead
+from relay.client.live.protocol import (
     KIND_DATA,
     KIND_JSON,
     UNKNOWN_TOTAL,
-    OutputClosed,
     SourceEntry,
-    StreamCapExceeded,
     collect_sources,
     partial_path,
-    receive_files,
-    send_files,
 )
+from relay.client.live.receive import receive_files
+from relay.client.live.send import send_files
+from relay.client.safe_paths import ReceiveLimits
 from tests.client.test_client_transfer import run_pair
 
 
@@ -360,7 +359,7 @@ async def test_the_cap_on_output_is_not_a_verification_failure(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_keepalives_carry_a_silent_stream_past_the_read_timeout(tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "STREAM_KEEPALIVE", 0.1)
+    monkeypatch.setattr(send_end, "STREAM_KEEPALIVE", 0.1)
     read_end, write_end = os.pipe()
     reader = open(read_end, "rb")
 
@@ -421,7 +420,7 @@ _values = st.none() | st.booleans() | st.integers(-5, 10 ** 12) | st.text(max_si
                              _values))
 def test_any_offer_entry_parses_or_is_a_protocol_error(entry):
     try:
-        name, is_dir, size, is_stream = transfer._entry_shape(entry)
+        name, is_dir, size, is_stream = receive_end._entry_shape(entry)
     except TransferError:
         return
     assert isinstance(is_dir, bool) and isinstance(is_stream, bool)

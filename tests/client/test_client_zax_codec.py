@@ -10,8 +10,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from nacl.public import Box, PrivateKey
 
-from relay.client import zax_codec as codec
 from relay.client.errors import RelayError
+from relay.client.mailbox import codec
 from relay.crypto import b64decode, b64encode, h2
 
 

@@ -17,12 +17,12 @@ from nacl.secret import SecretBox
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from relay.client.drop import send_drop
-from relay.client.identity import load_identity
-from relay.client.inbox import DROP_TYPE, FORMAT_VERSION, send_json
-from relay.client.live import close_stream, open_stream, start_live_send
-from relay.client.mailbox import MailboxClient
-from relay.client.transfer import KIND_DATA, KIND_JSON, SourceEntry
+from relay.client.live.protocol import KIND_DATA, KIND_JSON, SourceEntry
+from relay.client.live.session import close_stream, open_stream, start_live_send
+from relay.client.local.identity import load_identity
+from relay.client.mailbox.client import MailboxClient
+from relay.client.mailbox.drop import send_drop
+from relay.client.mailbox.inbox import DROP_TYPE, FORMAT_VERSION, send_json
 from relay.crypto import b64encode, h2, make_nonce
 from tests.e2e.cli_harness import Background, User
 

@@ -13,9 +13,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import Protocol
 
-from relay.client.errors import RelayError
-from relay.client.pake import Exchange, WrongCode, make_code
-from relay.client.rendezvous import ChannelClosed, connect_recipient, start_sender
+from relay.client.codes import make_code
+from relay.client.errors import ChannelClosed, RelayError, WrongCode
+from relay.client.live.pake import Exchange
+from relay.client.live.rendezvous import connect_recipient
+from relay.client.live.session import start_live_send
 
 A, B = "127.0.0.2", "127.0.0.3"
 MB = 1000 * 1000
@@ -83,7 +85,7 @@ class Pump(Protocol):
 async def test_pake_staple_and_100_mb_both_ways(data_path):
     node = await start_node(reactor, node_config(data_path=data_path))
     try:
-        start = await start_sender(reactor, node.url, bind_host=A)
+        start = await start_live_send(reactor, node.url, bind_host=A)
         sender_d = Deferred.fromCoroutine(start.connect(timeout=30))
         recipient = await connect_recipient(reactor, node.url, start.code, timeout=30,
                                             bind_host=B)
@@ -109,7 +111,7 @@ async def test_pake_staple_and_100_mb_both_ways(data_path):
 async def test_wrong_code_closes_the_channel_after_one_attempt():
     node = await start_node(reactor, node_config())
     try:
-        start = await start_sender(reactor, node.url, bind_host=A)
+        start = await start_live_send(reactor, node.url, bind_host=A)
         sender_d = Deferred.fromCoroutine(start.connect(timeout=30))
         words = start.code.split("-")
         guess = "-".join([words[0], "baba", "baba", "baba"])

@@ -71,7 +71,8 @@ async def test_redis_channel_store(redis):
 async def test_two_nodes_one_redis(redis):
     from test_rendezvous_e2e import Pump
 
-    from relay.client.rendezvous import connect_recipient, start_sender
+    from relay.client.live.rendezvous import connect_recipient
+    from relay.client.live.session import start_live_send
 
     processes = []
     try:
@@ -79,7 +80,7 @@ async def test_two_nodes_one_redis(redis):
         processes.append(node1)
         node2, http2, staple2 = start_node_process(redis.url)
         processes.append(node2)
-        start = await start_sender(reactor, f"http://127.0.0.1:{http1}", bind_host=A)
+        start = await start_live_send(reactor, f"http://127.0.0.1:{http1}", bind_host=A)
         assert start.joined.staple == f"127.0.0.1:{staple1}"
         sender_d = Deferred.fromCoroutine(start.connect(timeout=30))
         recipient = await connect_recipient(reactor, f"http://127.0.0.1:{http2}", start.code,

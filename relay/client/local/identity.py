@@ -14,7 +14,7 @@ import attrs
 from nacl.public import PrivateKey
 
 from relay.client.errors import IdentityError
-from relay.client.home import ensure_home, read_private_json, write_private_file
+from relay.client.local.home import ensure_home, read_private_json, write_private_file
 from relay.crypto import KEY_LEN, EncodingError, b64decode, b64encode, h2
 
 IDENTITY_FILE = "identity.json"

@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from relay.client import codes
-from relay.client.cli_context import Context, UsageError
-from relay.client.contacts import Contact
-from relay.client.drop import send_drop
-from relay.client.errors import ClientError, TransferError
-from relay.client.inbox import FORMAT_VERSION, OFFER_TYPE, box_text, send_json
-from relay.client.live import NobodyCame, effective_wait, run_live_send, start_live_send
-from relay.client.progress import human_bytes
+from relay.client.cli.context import Context
+from relay.client.cli.progress import human_bytes
+from relay.client.errors import ClientError, TransferError, UsageError
+from relay.client.live.protocol import MAX_TEXT, SourceEntry, collect_sources
+from relay.client.live.session import NobodyCame, effective_wait, run_live_send, start_live_send
+from relay.client.local.contacts import Contact
+from relay.client.mailbox.drop import send_drop
+from relay.client.mailbox.inbox import FORMAT_VERSION, OFFER_TYPE, box_text, send_json
 from relay.client.safe_paths import check_relative_name, printable_name
-from relay.client.transfer import MAX_TEXT, SourceEntry, collect_sources
 from relay.crypto import h2
 
 STDIN = "-"

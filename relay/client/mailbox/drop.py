@@ -44,8 +44,9 @@ from relay.client.errors import (
     TransferError,
     VerificationError,
 )
-from relay.client.inbox import DROP_TYPE, FORMAT_VERSION, Item, send_json
-from relay.client.mailbox import MAX_DELETE_IDS, MailboxClient
+from relay.client.live.protocol import Progress, SourceEntry, partial_path
+from relay.client.mailbox.client import MAX_DELETE_IDS, MailboxClient
+from relay.client.mailbox.inbox import DROP_TYPE, FORMAT_VERSION, Item, send_json
 from relay.client.safe_paths import (
     DEFAULT_LIMITS,
     Overwrite,
@@ -55,7 +56,6 @@ from relay.client.safe_paths import (
     printable_name,
     target_path,
 )
-from relay.client.transfer import Progress, SourceEntry, partial_path
 from relay.crypto import EncodingError, b64decode, b64encode, h2, make_nonce
 
 SECRETBOX_OVERHEAD = SecretBox.MACBYTES

@@ -23,7 +23,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 
 from relay.client.errors import RelayError
-from relay.client.mailbox import MailboxClient
+from relay.client.mailbox.client import MailboxClient
 from relay.crypto import KEY_LEN, EncodingError, b64decode, b64encode, h2, make_nonce
 
 OFFER_TYPE = "relay-offer"

@@ -36,7 +36,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relay.client.errors import RecordError
+from relay.client.errors import RecordError, RecordTimeout
 
 KEY_LEN = 32
 NONCE_LEN = 12
@@ -194,10 +194,6 @@ class RecordOpener:
         """The transport closed: fine after the final record, truncation otherwise."""
         if not self.finished:
             raise RecordError("the stream ended before its final record (truncated)")
-
-
-class RecordTimeout(RecordError):
-    """No record arrived within the read timeout."""
 
 
 @implementer(IPushProducer)

@@ -14,8 +14,8 @@ from pathlib import Path
 import attrs
 
 from relay.client.errors import ContactError
-from relay.client.home import ensure_home, read_private_json, write_private_file
-from relay.client.identity import fingerprint
+from relay.client.local.home import ensure_home, read_private_json, write_private_file
+from relay.client.local.identity import fingerprint
 from relay.crypto import KEY_LEN, EncodingError, b64decode, b64encode, h2
 
 CONTACTS_FILE = "contacts.json"

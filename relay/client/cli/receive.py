@@ -23,26 +23,27 @@ from typing import Any
 from twisted.internet.task import deferLater
 
 from relay.client import codes
-from relay.client.cli_context import ENV_CODE, MAX_ANSWER, Context, UsageError
-from relay.client.drop import Collected, Collector, delete_messages, group_drops
-from relay.client.errors import ClientError, RelayError, TransferError
-from relay.client.inbox import Item, open_items, read_all
-from relay.client.live import live_receive
-from relay.client.mailbox import MailboxClient
-from relay.client.progress import human_bytes
-from relay.client.rendezvous import ChannelClosed
+from relay.client.cli.context import ENV_CODE, MAX_ANSWER, Context
+from relay.client.cli.progress import human_bytes
+from relay.client.errors import (
+    ChannelClosed,
+    RelayError,
+    TransferError,
+    UsageError,
+    WrongCodeError,
+)
+from relay.client.live.protocol import ReceiveResult
+from relay.client.live.session import live_receive
+from relay.client.mailbox.client import MailboxClient
+from relay.client.mailbox.drop import Collected, Collector, delete_messages, group_drops
+from relay.client.mailbox.inbox import Item, open_items, read_all
 from relay.client.safe_paths import DEFAULT_LIMITS, Overwrite, ReceiveLimits, printable_name
-from relay.client.transfer import ReceiveResult
 from relay.crypto import h2
 
 POLL_INTERVAL = 2.0
 # How long to wait for the drop of a sender whose live offer came too late.
 DROP_AFTER_MISSED_OFFER = 60.0
 _HPK_PREFIX = 8
-
-
-class WrongCodeError(ClientError):
-    """The code did not lead to the sender (mistyped, already used or expired)."""
 
 
 def printable_text(text: str) -> str:

@@ -1,6 +1,6 @@
 """The client side of the live rendezvous: join, the PAKE over /channel, then the staple.
 
-    start = await start_sender(reactor, "http://relay:8080")
+    start = await start_live_send(reactor, "http://relay:8080")   # relay/client/live/session.py
     print(start.code)                          # tell the recipient, out of band
     stapled = await start.connect(timeout=300)
     # elsewhere
@@ -26,8 +26,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from relay.client.errors import ClientError, RelayError, RelayTimeout
-from relay.client.pake import RECIPIENT, SENDER, Exchange, TrafficKeys, WrongCode, make_code
+from relay.client.errors import ChannelClosed, RelayError, RelayTimeout
+from relay.client.live.pake import RECIPIENT, SENDER, Exchange, TrafficKeys, WrongCode
 
 # A peer's response (and so the whole PAKE) must come within this by default.
 DEFAULT_TIMEOUT = 300.0
@@ -37,10 +37,6 @@ REQUEST_SLACK = 15.0
 MAX_STAPLE_ANSWER = 256
 # Bytes the peer may send before hand_off() before this side stops reading.
 MAX_EARLY_BYTES = 1024 * 1024
-
-
-class ChannelClosed(ClientError):
-    """The peer (or the relay) closed the channel before the exchange finished."""
 
 
 def _b64(data: bytes) -> str:
@@ -257,13 +253,6 @@ class SenderStart:
 
     async def connect(self, timeout: float = DEFAULT_TIMEOUT) -> Stapled:
         return await _run_sender(self.api, self.joined, self.code, timeout)
-
-
-async def start_sender(reactor: Any, relay_url: str, words: int = 3,
-                       bind_host: str | None = None) -> SenderStart:
-    api = ChannelAPI(reactor, relay_url, bind_host)
-    joined = await api.join(SENDER)
-    return SenderStart(api=api, joined=joined, code=make_code(joined.channel, words))
 
 
 async def _run_sender(api: ChannelAPI, joined: Joined, code: str, timeout: float) -> Stapled:

@@ -16,12 +16,12 @@ from typing import Any, TextIO
 
 import attrs
 
-from relay.client.contacts import ContactBook
-from relay.client.errors import ClientError
-from relay.client.home import relay_home
-from relay.client.identity import Identity, load_or_create_identity
-from relay.client.mailbox import MailboxClient
-from relay.client.progress import ProgressBar
+from relay.client.cli.progress import ProgressBar
+from relay.client.errors import UsageError
+from relay.client.local.contacts import ContactBook
+from relay.client.local.home import relay_home
+from relay.client.local.identity import Identity, load_or_create_identity
+from relay.client.mailbox.client import MailboxClient
 from relay.client.safe_paths import printable_name
 
 DEFAULT_RELAY_URL = "http://127.0.0.1:8080"
@@ -35,10 +35,6 @@ DEFAULT_CODE_WAIT = 600.0
 _MAX_CONFIG = 64 * 1024
 MAX_ANSWER = 256  # characters read for a y/N answer or a typed code
 _SETTINGS = {"relay_url": str, "offer_wait": (int, float), "code_wait": (int, float)}
-
-
-class UsageError(ClientError):
-    """The command line, the config file or a named thing (contact, path) is wrong."""
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 from relay import __version__
-from relay.client.cli_context import (
+from relay.client.cli.context import (
     CONFIG_FILE,
     DEFAULT_CODE_WAIT,
     DEFAULT_OFFER_WAIT,
@@ -24,28 +24,20 @@ from relay.client.cli_context import (
     ENV_CODE,
     ENV_URL,
     Context,
-    UsageError,
 )
-from relay.client.codes import BadCode
+from relay.client.cli.receive import cmd_inbox, cmd_receive
+from relay.client.cli.send import cmd_message, cmd_send
 from relay.client.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
     ClientError,
-    ContactError,
-    IdentityError,
-    RelayError,
-    VerificationError,
+    exit_code_for,
 )
-from relay.client.home import ENV_HOME
-from relay.client.pake import CodeError, WrongCode
+from relay.client.local.home import ENV_HOME
 from relay.client.safe_paths import printable_name
 from relay.heap import keep_big_buffers
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_RELAY = 3
-EXIT_VERIFY = 4
-EXIT_WRONG_CODE = 5
-EXIT_INTERRUPTED = 130
 
 EPILOG = f"""\
 exit codes:
@@ -223,34 +215,17 @@ async def cmd_contacts(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _commands() -> dict[str, Callable[[Context], Awaitable[int]]]:
-    from relay.client.cli_receive import cmd_inbox, cmd_receive
-    from relay.client.cli_send import cmd_message, cmd_send
-
-    return {"send": cmd_send, "receive": cmd_receive, "inbox": cmd_inbox,
-            "message": cmd_message, "identity": cmd_identity, "id": cmd_identity,
-            "contacts": cmd_contacts}
-
-
-def exit_code_for(error: BaseException) -> int:
-    from relay.client.cli_receive import WrongCodeError
-
-    if isinstance(error, WrongCode | WrongCodeError):
-        return EXIT_WRONG_CODE
-    if isinstance(error, UsageError | BadCode | CodeError | ContactError | IdentityError):
-        return EXIT_USAGE
-    if isinstance(error, VerificationError):
-        return EXIT_VERIFY
-    if isinstance(error, RelayError):
-        return EXIT_RELAY
-    return EXIT_FAILED
+COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
+    "send": cmd_send, "receive": cmd_receive, "inbox": cmd_inbox, "message": cmd_message,
+    "identity": cmd_identity, "id": cmd_identity, "contacts": cmd_contacts,
+}
 
 
 async def run(ctx: Context) -> int:
     """Run the parsed command; the exit code. ClientErrors become one line on stderr."""
     try:
         ctx.settings  # noqa: B018 - a broken config file is reported whatever the command
-        return await _commands()[ctx.args.command](ctx)
+        return await COMMANDS[ctx.args.command](ctx)
     except ClientError as e:
         print(f"relay: error: {printable_name(str(e))}", file=ctx.stderr, flush=True)
         return exit_code_for(e)

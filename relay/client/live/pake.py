@@ -12,28 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 
 import attrs
 from spake2 import SPAKE2_A, SPAKE2_B
 
-from relay.client.errors import ClientError
+from relay.client.errors import CodeError, WrongCode
 
 PROTOCOL = b"relay-rendezvous-v1"
 SENDER, RECIPIENT = "sender", "recipient"
 KEY_LEN = 32
-# Code words are consonant-vowel syllables: easy to read aloud, ~12.6 bits per word.
-_CONSONANTS = "bdfghjklmnprstvz"
-_VOWELS = "aeiou"
+# The fewest words after the channel (the words themselves: relay/client/codes.py).
 MIN_WORDS = 3
-
-
-class WrongCode(ClientError):
-    """The peer's key confirmation failed: the codes differ (or someone guessed)."""
-
-
-class CodeError(ClientError):
-    """The code phrase is malformed."""
 
 
 def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
@@ -53,19 +42,6 @@ def _lp(data: bytes) -> bytes:
 
 def transcript_hash(channel: str, x: bytes, y: bytes) -> bytes:
     return hashlib.sha256(_lp(PROTOCOL) + _lp(channel.encode()) + _lp(x) + _lp(y)).digest()
-
-
-def new_words(count: int = MIN_WORDS) -> list[str]:
-    words = []
-    for _ in range(count):
-        raw = os.urandom(4)
-        words.append(_CONSONANTS[raw[0] % 16] + _VOWELS[raw[1] % 5]
-                     + _CONSONANTS[raw[2] % 16] + _VOWELS[raw[3] % 5])
-    return words
-
-
-def make_code(channel: str, words: int = MIN_WORDS) -> str:
-    return "-".join([channel, *new_words(words)])
 
 
 def channel_of(code: str) -> str:

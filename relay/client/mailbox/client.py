@@ -18,9 +18,9 @@ from nacl.public import Box, PrivateKey, PublicKey
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 
-from relay.client import zax_codec as codec
 from relay.client.errors import FileNotFoundOnRelay, RelayError, RelayTimeout
-from relay.client.pow import solve_pow_in_thread
+from relay.client.mailbox import codec
+from relay.client.mailbox.pow import solve_pow_in_thread
 from relay.crypto import KEY_LEN, NONCE_LEN, TOKEN_LEN, b64encode, h2
 
 MIB = 1024 * 1024

@@ -23,18 +23,20 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from relay.client import codes
-from relay.client.errors import RelayTimeout, TransferError
-from relay.client.pake import SENDER
-from relay.client.records import DEFAULT_MAX_PAYLOAD, Record, RecordStream, directions_for
-from relay.client.rendezvous import ChannelAPI, SenderStart, Stapled, connect_recipient
-from relay.client.safe_paths import DEFAULT_LIMITS, Overwrite, ReceiveLimits
-from relay.client.transfer import (
-    Progress,
-    ReceiveResult,
-    SourceEntry,
-    receive_files,
-    send_files,
+from relay.client.errors import NobodyCame, RelayTimeout
+from relay.client.live.pake import SENDER
+from relay.client.live.protocol import Progress, ReceiveResult, SourceEntry
+from relay.client.live.receive import receive_files
+from relay.client.live.records import DEFAULT_MAX_PAYLOAD, Record, RecordStream, directions_for
+from relay.client.live.rendezvous import (
+    ChannelAPI,
+    Joined,
+    SenderStart,
+    Stapled,
+    connect_recipient,
 )
+from relay.client.live.send import send_files
+from relay.client.safe_paths import DEFAULT_LIMITS, Overwrite, ReceiveLimits
 
 DEFAULT_WAIT = 300.0
 # Long enough for a slow disk on the other side to catch up; a dead peer is found this late.
@@ -46,10 +48,6 @@ CHUNK_SIZE = DEFAULT_MAX_PAYLOAD
 # The sender stops waiting this long before the relay's channel expires, so that it gives up
 # (and can fall back to a dead drop) before a recipient would find the channel gone.
 EXPIRY_MARGIN = 5.0
-
-
-class NobodyCame(TransferError):
-    """No recipient completed the exchange within the sender's wait."""
 
 
 def open_stream(stapled: Stapled, reactor: Any) -> RecordStream:
@@ -114,6 +112,10 @@ class LiveStart:
     def code(self) -> str:
         return self.sender.code
 
+    @property
+    def joined(self) -> Joined:
+        return self.sender.joined
+
     def time_left(self, reactor: Any) -> float:
         """Seconds a recipient may still come (the channel's life, less a margin)."""
         return max(0.0, self.channel_expires_at - EXPIRY_MARGIN - reactor.seconds())
@@ -122,9 +124,11 @@ class LiveStart:
         return await self.sender.connect(timeout=timeout)
 
 
-async def start_live_send(reactor: Any, relay_url: str) -> LiveStart:
-    """Join a fresh channel as the sender; the code phrase uses our word list."""
-    api = ChannelAPI(reactor, relay_url)
+async def start_live_send(reactor: Any, relay_url: str,
+                          bind_host: str | None = None) -> LiveStart:
+    """Join a fresh channel as the sender (the one way to start a live send); the code
+    phrase uses our word list (relay/client/codes.py)."""
+    api = ChannelAPI(reactor, relay_url, bind_host)
     joined_at = reactor.seconds()
     joined = await api.join(SENDER)
     sender = SenderStart(api=api, joined=joined, code=codes.make_code(joined.channel))

@@ -1,0 +1,5 @@
+"""`python -m relay.client.cli` runs the `relay` command."""
+
+from relay.client.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""What lives on this machine: the relay home, the identity key and the contacts."""
