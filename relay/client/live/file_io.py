@@ -126,6 +126,20 @@ class BackgroundHash:
         return self.digest.hexdigest()
 
 
+class NoHash:
+    """Stands in for BackgroundHash where no whole-file hash is wanted: the records'
+    authentication already covers every byte sent in this run (see live/protocol.py)."""
+
+    def update(self, block: bytes) -> None:
+        pass
+
+    async def hexdigest(self) -> None:
+        return None
+
+
+NO_HASH = NoHash()
+
+
 class _Pipeline:
     """Deferreds of submitted jobs, oldest first."""
 
@@ -150,7 +164,7 @@ class ReadAhead(_Pipeline):
     block_size bytes, each given to `hash` as it is handed out; TransferError if the file
     is shorter."""
 
-    def __init__(self, worker: SerialWorker, f: Any, hash: BackgroundHash, start: int,
+    def __init__(self, worker: SerialWorker, f: Any, hash: BackgroundHash | NoHash, start: int,
                  end: int, block_size: int, depth: int = DEFAULT_DEPTH,
                  name: str = "the file") -> None:
         super().__init__(worker, depth)
@@ -197,7 +211,7 @@ class WriteBehind(_Pipeline):
     to `hash`, in order, with at most `depth` blocks waiting for the disk. (Starting the
     writeback early with posix_fadvise was tried: slower here, so the kernel decides.)"""
 
-    def __init__(self, worker: SerialWorker, fd: int, hash: BackgroundHash,
+    def __init__(self, worker: SerialWorker, fd: int, hash: BackgroundHash | NoHash,
                  depth: int = DEFAULT_DEPTH) -> None:
         super().__init__(worker, depth)
         self.fd = fd
@@ -259,7 +273,8 @@ class StreamReadAhead(_Pipeline):
     `abandon()` rather than `settle()`: the stream is not ours to close, and a read still
     blocked on it touches nothing that is freed."""
 
-    def __init__(self, worker: SerialWorker, f: Any, hash: BackgroundHash, block_size: int,
+    def __init__(self, worker: SerialWorker, f: Any, hash: BackgroundHash | NoHash,
+                 block_size: int,
                  depth: int = DEFAULT_DEPTH) -> None:
         super().__init__(worker, depth)
         if block_size < 1:
@@ -325,7 +340,7 @@ class StreamWriteBehind(WriteBehind):
     a reader downstream gets it at once. A closed pipe fails the write (BrokenPipeError):
     Python ignores SIGPIPE, so the process is not killed by it."""
 
-    def __init__(self, worker: SerialWorker, out: Any, hash: BackgroundHash,
+    def __init__(self, worker: SerialWorker, out: Any, hash: BackgroundHash | NoHash,
                  depth: int = DEFAULT_DEPTH) -> None:
         super().__init__(worker, -1, hash, depth)
         self.out = out

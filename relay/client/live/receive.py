@@ -21,6 +21,7 @@ from relay.client.errors import (
     VerificationError,
 )
 from relay.client.live.file_io import (
+    NO_HASH,
     BackgroundHash,
     FileWorkers,
     StreamWriteBehind,
@@ -30,6 +31,7 @@ from relay.client.live.protocol import (
     _READ_SIZE,
     MAX_TEXT,
     PROTOCOL_VERSION,
+    SHA256_RESUMED_ONLY,
     UNKNOWN_TOTAL,
     Progress,
     ReceiveResult,
@@ -173,7 +175,9 @@ async def _receive(channel: RecordChannel, workers: FileWorkers, root: Path,
         if not may_write(item.target, overwrite, ask):
             raise TransferError(f"{printable_name(str(item.target))} exists; not overwriting")
         offsets.append(0 if item.is_stream else _resume_offset(item))
-    await send_json(channel, {"type": "accept", "offsets": offsets})
+    # Files from offset 0 are verified by the records alone (live/protocol.py).
+    await send_json(channel, {"type": "accept", "offsets": offsets,
+                              "sha256": SHA256_RESUMED_ONLY})
 
     created_folders = []
     for item in wanted:
@@ -277,7 +281,8 @@ async def _receive_one(channel: RecordChannel, workers: FileWorkers, root: Path,
         with os.fdopen(fd, "r+b", buffering=0) as f:
             if offset:
                 await workers.disk.submit(_rehash_partial, f, digest, offset)
-            hashing = BackgroundHash(workers.hash, digest)
+            # Only a resumed prefix needs the whole-file hash (live/protocol.py).
+            hashing = BackgroundHash(workers.hash, digest) if offset else NO_HASH
             writer = WriteBehind(workers.disk, fd, hashing)
             try:
                 written, end = await _receive_data(channel, writer, item, index, offset,
@@ -286,7 +291,7 @@ async def _receive_one(channel: RecordChannel, workers: FileWorkers, root: Path,
                 await writer.settle()  # no write may outlive the file
                 raise
             if not _check_end(item, written, end) \
-                    or end.get("sha256") != await hashing.hexdigest():
+                    or (offset and end.get("sha256") != await hashing.hexdigest()):
                 raise VerificationError(f"{item.name}: SHA-256 mismatch")
             os.fsync(fd)
             os.fchmod(fd, item.mode)
@@ -315,8 +320,7 @@ async def _receive_to_output(channel: RecordChannel, workers: FileWorkers, out: 
                              progress: Progress | None) -> int:
     """One file written to out as its records arrive. What is written cannot be taken
     back: a failure after the first byte says that the output is incomplete or wrong."""
-    hashing = BackgroundHash(workers.hash, hashlib.sha256())
-    writer = StreamWriteBehind(workers.disk, out, hashing)
+    writer = StreamWriteBehind(workers.disk, out, NO_HASH)  # the records verify it all
     try:
         try:
             written, end = await _receive_data(channel, writer, item, index, 0, 0, done,
@@ -339,9 +343,10 @@ async def _receive_to_output(channel: RecordChannel, workers: FileWorkers, out: 
     except TransferError as e:
         raise VerificationError(f"{e}; the {written} bytes already written to stdout are "
                                 f"incomplete") from None
-    if not complete or end.get("sha256") != await hashing.hexdigest():
-        raise VerificationError(f"{item.name}: SHA-256 mismatch; the {written} bytes "
-                                f"already written to stdout are not what was sent")
+    if not complete:
+        raise VerificationError(f"{item.name}: the stream's size does not match; the "
+                                f"{written} bytes already written to stdout are not what was "
+                                f"sent")
     return written
 
 
