@@ -283,7 +283,7 @@ async def _receive_one(channel: RecordChannel, workers: FileWorkers, root: Path,
                 await workers.disk.submit(_rehash_partial, f, digest, offset)
             # Only a resumed prefix needs the whole-file hash (live/protocol.py).
             hashing = BackgroundHash(workers.hash, digest) if offset else NO_HASH
-            writer = WriteBehind(workers.disk, fd, hashing)
+            writer = WriteBehind(workers.disk, fd, hashing, direct=not offset)
             try:
                 written, end = await _receive_data(channel, writer, item, index, offset,
                                                    offset, done, total, progress)
