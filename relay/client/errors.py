@@ -13,6 +13,7 @@ EXIT_USAGE = 2
 EXIT_RELAY = 3
 EXIT_VERIFY = 4
 EXIT_WRONG_CODE = 5
+EXIT_PEER_CANCELLED = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -123,6 +124,11 @@ class TransferError(ClientError):
     """The live transfer failed: refused, over a cap, a checksum mismatch, a protocol error."""
 
 
+class Refused(TransferError):
+    """This receiver refused the offer before anything was written (declined at the prompt,
+    a name that exists, nobody to ask); the sender is told the reason."""
+
+
 class NobodyCame(TransferError):
     """No recipient completed the exchange within the sender's wait."""
 
@@ -140,6 +146,20 @@ class VerificationError(TransferError):
     open, a size that differs from what was declared."""
 
     exit_code = EXIT_VERIFY
+
+
+# ---- interruption (6, 130) -----------------------------------------------------------------
+
+class PeerCancelled(TransferError):
+    """The other side was interrupted (Ctrl-C) and said so before it went away."""
+
+    exit_code = EXIT_PEER_CANCELLED
+
+
+class Interrupted(ClientError):
+    """This side was interrupted (Ctrl-C, SIGTERM)."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 def exit_code_for(error: BaseException) -> int:

@@ -32,6 +32,22 @@ class FlushingStubTreq:
         return d
 
 
+class RecordingStubTreq(FlushingStubTreq):
+    """Also keeps every request's (path, body), to check what went over the wire."""
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self.requests: list[tuple[bytes, bytes]] = []
+
+    def post(self, url: str, *args: Any, **kwargs: Any) -> Any:
+        path = url[len(BASE_URL):].encode()
+        self.requests.append((path, kwargs.get("data") or (args[0] if args else b"")))
+        return super().post(url, *args, **kwargs)
+
+    def count(self, path: bytes) -> int:
+        return sum(p == path for p, _ in self.requests)
+
+
 def wall_clock() -> Clock:
     """A task.Clock at the current time, so timestamped nonces look fresh."""
     clock = Clock()
@@ -40,6 +56,6 @@ def wall_clock() -> Clock:
 
 
 def make_client(root: Any, clock: Clock, identity: PrivateKey | None = None,
-                **kwargs: Any) -> MailboxClient:
+                http: Any = None, **kwargs: Any) -> MailboxClient:
     return MailboxClient(BASE_URL, identity or PrivateKey.generate(),
-                         http=FlushingStubTreq(root), clock=clock, **kwargs)
+                         http=http or FlushingStubTreq(root), clock=clock, **kwargs)

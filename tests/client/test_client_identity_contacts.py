@@ -116,3 +116,11 @@ def test_contact_names_are_short_and_printable(name):
         return
     assert 1 <= len(name) <= 64 and name.isascii() and name.isprintable()
     assert "/" not in name and " " not in name and not name.startswith((".", "-"))
+
+
+def test_a_home_others_can_enter_is_tightened(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    load_or_create_identity(home)
+    assert home.stat().st_mode & 0o777 == 0o700

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from relay.client.errors import RelayTimeout
+from relay.client.live.protocol import KIND_DATA, KIND_JSON
 from relay.client.live.session import (
     EXPIRY_MARGIN,
     LiveStart,
     NobodyCame,
+    Throttled,
     effective_wait,
     run_live_send,
 )
@@ -65,3 +68,27 @@ async def test_an_expired_channel_is_nobody_came_at_once():
     with pytest.raises(NobodyCame, match="expired"):
         await run_live_send(clock, start, [], wait=600)
     assert sender.timeouts == []
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []
+
+    async def send(self, kind: int, payload: bytes) -> None:
+        self.sent.append((kind, len(payload)))
+
+
+def test_limit_rate_counts_from_the_first_file_byte_not_from_the_offer():
+    """A slow accept (100 s here) is no credit: the data still goes at the rate."""
+    clock = Clock()
+    inner = Recording()
+    throttled = Throttled(inner, 100.0, clock)  # 100 bytes/s
+    Deferred.fromCoroutine(throttled.send(KIND_JSON, b"{}"))  # the offer
+    clock.advance(100)  # the receiver thinks it over
+    first = Deferred.fromCoroutine(throttled.send(KIND_DATA, b"x" * 1000))
+    second = Deferred.fromCoroutine(throttled.send(KIND_DATA, b"x" * 1000))
+    assert not first.called  # 1000 bytes at 100 B/s: 10 s, counted from now
+    clock.advance(10.5)
+    assert first.called and not second.called
+    clock.advance(10)
+    assert second.called and len(inner.sent) == 3

@@ -1,4 +1,5 @@
-"""The mailbox client against the relay's own resource (in memory) and a spec-written double."""
+"""The mailbox client against the relay's own resource (in memory; what goes over the wire is
+recorded where a test needs it), and against hostile answers (errors, hangs, oversize)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from relay.app import build_relay
 from relay.client.errors import FileNotFoundOnRelay, RelayError, RelayTimeout
 from relay.client.mailbox.client import MailboxClient
 from relay.config import load_config
 from relay.crypto import b64encode, h2
-from tests.client.helpers import make_client, wall_clock
-from tests.client.zax_double import ZaxDouble
+from tests.client.helpers import RecordingStubTreq, make_client, wall_clock
 
 
 def relay_root(clock, **overrides):
@@ -69,24 +70,25 @@ async def test_rehandshakes_once_when_the_relay_forgot_the_session():
 
 @pytest_twisted.ensureDeferred
 async def test_refreshes_the_session_before_the_relay_expires_it():
-    double = ZaxDouble()
     clock = wall_clock()
-    client = make_client(double, clock)
+    wire = RecordingStubTreq(relay_root(clock))
+    client = make_client(None, clock, http=wire)
     await client.count()
     clock.advance(19 * 60 + 45)
     await client.count()
-    assert double.proves == 2
-    # no 401 was needed: every command found a session
-    assert all(path != b"/command" or body for path, body in double.requests)
+    assert wire.count(b"/prove") == 2
+    # no 401 was needed: one handshake per session, one command each
+    assert wire.count(b"/start_session") == 2 and wire.count(b"/command") == 2
 
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_commands_share_one_handshake():
-    double = ZaxDouble()
-    client = make_client(double, wall_clock())
+    clock = wall_clock()
+    wire = RecordingStubTreq(relay_root(clock))
+    client = make_client(None, clock, http=wire)
     from twisted.internet.defer import Deferred, gatherResults
     await gatherResults([Deferred.fromCoroutine(client.count()) for _ in range(5)])
-    assert double.proves == 1
+    assert wire.count(b"/prove") == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -101,9 +103,9 @@ async def test_proof_of_work_runs_in_a_thread_and_meets_the_difficulty():
 
 @pytest_twisted.ensureDeferred
 async def test_proof_of_work_timeout_stops_the_search():
-    double = ZaxDouble(difficulty=200)  # never found
     clock = wall_clock()
-    client = make_client(double, clock, reactor=reactor, pow_timeout=5)
+    root = relay_root(clock, mailbox={"difficulty": 64})  # never found
+    client = make_client(root, clock, reactor=reactor, pow_timeout=5)
     from twisted.internet.defer import Deferred
     d = Deferred.fromCoroutine(client.connect())
     clock.advance(6)
@@ -133,31 +135,36 @@ async def file_round_trip(alice, bob) -> tuple[Any, bytes]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_file_commands_round_trip_with_the_double():
-    double = ZaxDouble()
+async def test_file_commands_on_the_wire(tmp_path):
     clock = wall_clock()
-    alice, bob = make_client(double, clock), make_client(double, clock)
+    wire = RecordingStubTreq(relay_root(clock, files={"directory": str(tmp_path)}))
+    alice, bob = make_client(None, clock, http=wire), make_client(None, clock, http=wire)
     started, chunk_nonce = await file_round_trip(alice, bob)
-    assert started.max_chunk_size == 512000 and len(started.storage_token) == 32
-    with pytest.raises(FileNotFoundOnRelay):
+    assert started.max_chunk_size > 0 and len(started.storage_token) == 32
+    with pytest.raises(RelayError):  # deleted: the relay knows it no more
         await alice.upload_file_chunk(started.upload_id, 1, chunk_nonce, b"x", True)
     # the chunk travels as the 4th line, outside the boxed command
-    upload_bodies = [body for path, body in double.requests if path == b"/command"
+    upload_bodies = [body for path, body in wire.requests if path == b"/command"
                      and body.count(b"\r\n") == 3]
     assert upload_bodies and upload_bodies[-1].endswith(b64encode(b"x").encode())
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_relay_that_never_answers_times_out():
-    double = ZaxDouble()
-    double.hang = True
     clock = wall_clock()
-    client = make_client(double, clock, request_timeout=7)
+    client = make_client(_Hanging(), clock, request_timeout=7)
     from twisted.internet.defer import Deferred
     d = Deferred.fromCoroutine(client.connect())
     clock.advance(8)
     with pytest.raises(RelayTimeout, match="start_session"):
         await d
+
+
+class _Hanging(Resource):
+    isLeaf = True
+
+    def render_POST(self, request):
+        return NOT_DONE_YET
 
 
 class _Fixed(Resource):
@@ -207,7 +214,8 @@ async def test_unreachable_relay_is_a_clear_error():
 
 
 def test_refuses_bad_arguments_before_sending():
-    client = make_client(ZaxDouble(), wall_clock())
+    clock = wall_clock()
+    client = make_client(relay_root(clock), clock)
     with pytest.raises(ValueError):
         client.delete([os.urandom(24)] * 101).send(None)
 

@@ -28,7 +28,7 @@ DEFAULT_TIMEOUT = 60.0
 
 def relay_command() -> list[str]:
     script = Path(sys.executable).with_name("relay")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "relay.client.cli.app"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "relay.client.cli"]
 
 
 @attrs.frozen

@@ -67,7 +67,7 @@ def test_identity_contacts_and_messages(users) -> None:
     assert alice.run("message", "--to", "bob", "-", stdin=b"evil \x1b]0;pwned\x07").code == 0
     inbox = bob.run("inbox")
     assert inbox.code == 0 and b"alice: message: hello bob" in inbox.stdout
-    received = bob.run("receive", "--mailbox")
+    received = bob.run("receive", "-y", "--mailbox")
     assert received.code == 0, received.stderr
     assert b"hello bob" in received.stdout
     assert b"\x1b" not in received.stdout and b"\\x1b]0;pwned\\x07" in received.stdout
@@ -87,7 +87,7 @@ def test_live_100mb_file_and_folder_tree_with_text(users, tmp_path: Path) -> Non
     code = sender.wait_for(CODE_LINE).group(1)
     out = tmp_path / "received"
     started = time.monotonic()
-    receiver = bob.run("receive", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": code})
+    receiver = bob.run("receive", "-y", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": code})
     elapsed = time.monotonic() - started
     assert receiver.code == 0, receiver.stderr
     assert sender.wait().code == 0
@@ -116,7 +116,7 @@ def test_drop_to_an_offline_contact_then_received_later(users, relay, tmp_path: 
     assert b"live offer" in listing.stdout and b"expired" in listing.stdout
 
     out = tmp_path / "later"
-    received = bob.run("receive", "--mailbox", "-o", str(out))
+    received = bob.run("receive", "-y", "--mailbox", "-o", str(out))
     assert received.code == 0, received.stderr
     assert b"for later" in received.stdout
     assert tree(out / "project") == tree(top)
@@ -133,7 +133,7 @@ def test_live_offer_taken_by_a_waiting_contact(users, tmp_path: Path) -> None:
     bob.add_contact(alice)
     write_random(alice.cwd / "doc.bin", 2 * MB)
     out = tmp_path / "bob-out"
-    receiver = bob.start("receive", "--mailbox", "--wait", "30", "-o", str(out))
+    receiver = bob.start("receive", "-y", "--mailbox", "--wait", "30", "-o", str(out))
     time.sleep(1.0)  # bob is polling his mailbox
     sent = alice.run("send", "--to", "bob", "--wait", "30", "doc.bin")
     assert sent.code == 0, sent.stderr
@@ -154,7 +154,7 @@ def test_live_transfer_killed_halfway_then_resumed(users, tmp_path: Path) -> Non
 
     sender = alice.start("send", "movie.bin", "--limit-rate", "10M")
     code = sender.wait_for(CODE_LINE).group(1)
-    receiver = bob.start("receive", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": code})
+    receiver = bob.start("receive", "-y", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": code})
     deadline = time.monotonic() + 30
     while not (partial.exists() and partial.stat().st_size >= 8 * MB):
         assert time.monotonic() < deadline, receiver.stderr()
@@ -169,7 +169,7 @@ def test_live_transfer_killed_halfway_then_resumed(users, tmp_path: Path) -> Non
 
     sender = alice.start("send", "movie.bin")
     code = sender.wait_for(CODE_LINE).group(1)
-    resumed = bob.run("receive", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": code})
+    resumed = bob.run("receive", "-y", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": code})
     assert resumed.code == 0, resumed.stderr
     assert sender.wait().code == 0
     assert "resumed" in resumed.stderr
@@ -182,7 +182,7 @@ def test_text_only_and_stdin_to_stdout(users) -> None:
     alice, bob = users("alice"), users("bob")
     sender = alice.start("send", "--text", "just a note ✓")
     code = sender.wait_for(CODE_LINE).group(1)
-    received = bob.run("receive", "--no-mailbox", env={"RELAY_CODE": code})
+    received = bob.run("receive", "-y", "--no-mailbox", env={"RELAY_CODE": code})
     assert received.code == 0 and "just a note ✓" in received.stdout.decode()
     assert sender.wait().code == 0
 
@@ -190,7 +190,7 @@ def test_text_only_and_stdin_to_stdout(users) -> None:
     sender = alice.start("send", "-", "--name", "piped.bin", stdin=data)
     code = sender.wait_for(CODE_LINE).group(1)
     # The code may also be typed in (here: piped) instead of the environment variable.
-    received = bob.run("receive", "--no-mailbox", "--stdout", stdin=code.encode() + b"\n")
+    received = bob.run("receive", "-y", "--no-mailbox", "--stdout", stdin=code.encode() + b"\n")
     assert received.code == 0, received.stderr
     assert received.stdout == data
     assert sender.wait().code == 0
@@ -207,21 +207,21 @@ def test_wrong_and_malformed_codes(users, tmp_path: Path) -> None:
     words = code.split("-")[1:]
     wrong = "-".join([channel, *(["apple"] if words[0] != "apple" else ["zebra"]), *words[1:]])
     out = tmp_path / "wrong"
-    guessed = bob.run("receive", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": wrong})
+    guessed = bob.run("receive", "-y", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": wrong})
     assert guessed.code == EXIT_WRONG_CODE, guessed.stderr
     assert "code" in guessed.stderr and "Traceback" not in guessed.stderr
     finished = sender.wait()
     assert finished.code == EXIT_WRONG_CODE and "wrong" in finished.stderr
     assert not out.exists() or not list(out.iterdir())
     # The channel is closed for good: the right code no longer works either.
-    late = bob.run("receive", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": code})
+    late = bob.run("receive", "-y", "--no-mailbox", "-o", str(out), env={"RELAY_CODE": code})
     assert late.code == EXIT_WRONG_CODE, late.stderr
 
-    typo = bob.run("receive", "--no-mailbox", env={"RELAY_CODE": f"{channel}-appel-zebra-oak"})
+    typo = bob.run("receive", "-y", "--no-mailbox", env={"RELAY_CODE": f"{channel}-appel-zebra-oak"})
     assert typo.code == EXIT_USAGE and "did you mean apple" in typo.stderr
-    assert bob.run("receive", "--no-mailbox", env={"RELAY_CODE": "nonsense"}).code == EXIT_USAGE
-    assert bob.run("receive", "--no-mailbox").code == EXIT_USAGE  # no code at all
-    unknown_drop = bob.run("receive", env={"RELAY_CODE": "drop-" + "-".join(["abcde"] * 5)})
+    assert bob.run("receive", "-y", "--no-mailbox", env={"RELAY_CODE": "nonsense"}).code == EXIT_USAGE
+    assert bob.run("receive", "-y", "--no-mailbox").code == EXIT_USAGE  # no code at all
+    unknown_drop = bob.run("receive", "-y", env={"RELAY_CODE": "drop-" + "-".join(["abcde"] * 5)})
     assert unknown_drop.code == EXIT_WRONG_CODE, unknown_drop.stderr
 
 
@@ -234,14 +234,14 @@ def test_code_transfer_left_as_a_drop_when_nobody_comes(users, tmp_path: Path) -
     assert "Nobody came" in sent.stderr
     drop_code = DROP_LINE.search(sent.stderr).group(1)
     out = tmp_path / "dropped"
-    received = bob.run("receive", "-o", str(out), env={"RELAY_CODE": drop_code.upper()})
+    received = bob.run("receive", "-y", "-o", str(out), env={"RELAY_CODE": drop_code.upper()})
     assert received.code == 0, received.stderr
     assert tree(out / "project") == tree(top)
-    again = bob.run("receive", "-o", str(out), env={"RELAY_CODE": drop_code})
+    again = bob.run("receive", "-y", "-o", str(out), env={"RELAY_CODE": drop_code})
     assert again.code == EXIT_WRONG_CODE  # collected means gone
 
     nobody = alice.run("send", "--wait", "1", "project")
-    assert nobody.code == EXIT_FAILED and "nobody received it" in nobody.stderr
+    assert nobody.code == EXIT_FAILED and "nobody came" in nobody.stderr
 
 
 @pytest.mark.slow
@@ -270,9 +270,9 @@ def test_readable_errors(users, tmp_path: Path) -> None:
     out = tmp_path / "bob-existing"
     out.mkdir()
     (out / "notes.txt").write_text("old notes")
-    refused = bob.run("receive", "--mailbox", "-o", str(out))
+    refused = bob.run("receive", "-y", "--mailbox", "-o", str(out))
     assert refused.code == EXIT_FAILED and "not overwriting" in refused.stderr
     assert (out / "notes.txt").read_text() == "old notes"
     assert b"drop from alice" in bob.run("inbox").stdout
-    forced = bob.run("receive", "--mailbox", "-o", str(out), "--overwrite", "always")
+    forced = bob.run("receive", "-y", "--mailbox", "-o", str(out), "--overwrite", "always")
     assert forced.code == 0 and (out / "notes.txt").read_text() == "new notes"

@@ -1,5 +1,5 @@
 """`python -m relay.client.cli` runs the `relay` command."""
 
-from relay.client.cli.app import main
+from relay.client.cli import main
 
 main()

@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
+from twisted.internet.defer import CancelledError
+
 from relay import __version__
+from relay.client.cli import prompt
 from relay.client.cli.context import (
     CONFIG_FILE,
     DEFAULT_CODE_WAIT,
@@ -33,11 +37,17 @@ from relay.client.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ClientError,
+    Interrupted,
     exit_code_for,
 )
+from relay.client.interrupt import HOOK_TIMEOUT
 from relay.client.local.home import ENV_HOME
 from relay.client.safe_paths import printable_name
 from relay.heap import keep_big_buffers
+
+# After an interruption, how long the command may tidy up (remove a stream's partial
+# file, flush what the peer was told) before the process stops.
+STOP_GRACE = 0.5
 
 EPILOG = f"""\
 exit codes:
@@ -101,20 +111,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"relay: error: {printable_name(message)}\n")
 
 
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--relay, --home, -q and --progress: before the command, or (defaults=False: then a
+    missing option leaves what was given before the command) anywhere after it."""
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--relay", metavar="URL", default=default(None),
+                        help=f"the relay (default: ${ENV_URL}, the config file, or "
+                             f"{DEFAULT_RELAY_URL})")
+    parser.add_argument("--home", metavar="DIR", default=default(None),
+                        help=f"relay home (default: ${ENV_HOME})")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="print nothing but codes and errors")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true",
+                          default=default(None),
+                          help="show the progress bar even when stderr is not a terminal")
+    progress.add_argument("--no-progress", dest="progress", action="store_false",
+                          default=default(None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="relay", epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      description="Send files and messages end-to-end encrypted through a "
                                  "relay: live by code phrase, or as dead drops for contacts.")
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
-    parser.add_argument("--relay", metavar="URL", help=f"the relay (default: ${ENV_URL}, "
-                        f"the config file, or {DEFAULT_RELAY_URL})")
-    parser.add_argument("--home", metavar="DIR", help=f"relay home (default: ${ENV_HOME})")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors and codes")
-    progress = parser.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
-                          help="show the progress bar even when stderr is not a terminal")
-    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    _global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -123,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send by code phrase (live; the receiver types the code), or with --to "
                     "to a contact (live if their client takes it within --wait, else a dead "
                     "drop in their mailbox).", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     send.add_argument("paths", nargs="*", metavar="PATH", help="files and folders; - is stdin")
     send.add_argument("--text", help="a short text message (alone or with files)")
     send.add_argument("--to", metavar="NAME", help="a contact: offer live, then drop")
@@ -143,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Without ${ENV_CODE}: collect the mailbox (messages, live offers and "
                     f"drops from contacts); if nothing is there, ask for a code (a code "
                     f"phrase or a drop code).", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+    # Not an option: a code given here is refused with a hint (see cmd_receive).
+    receive.add_argument("code_argument", nargs="?", metavar="CODE", help=argparse.SUPPRESS)
     receive.add_argument("-o", "--output", metavar="DIR", help="where to write (default: .)")
     receive.add_argument("--stdout", action="store_true",
                          help="write the received file to stdout: live, as it arrives (its "
@@ -163,25 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("--max-files", type=_positive_int, metavar="N",
                          help="refuse offers of more than N entries")
 
-    commands.add_parser("inbox", help="list what waits in your mailbox (takes nothing)")
+    commands.add_parser("inbox", help="list what waits in your mailbox (takes nothing)",
+                        parents=[common])
 
-    message = commands.add_parser("message", help="leave a short text for a contact")
+    message = commands.add_parser("message", help="leave a short text for a contact",
+                                  parents=[common])
     message.add_argument("--to", metavar="NAME", required=True)
     message.add_argument("text", nargs="+", metavar="TEXT", help="the message; - reads stdin")
 
-    commands.add_parser("identity", aliases=["id"],
+    commands.add_parser("identity", aliases=["id"], parents=[common],
                         help="show your public key and fingerprint (created on first use)")
 
-    contacts = commands.add_parser("contacts", help="add, list or remove contacts")
+    contacts = commands.add_parser("contacts", help="add, list or remove contacts",
+                                   parents=[common])
     contact_commands = contacts.add_subparsers(dest="contacts_command", metavar="ACTION",
                                                parser_class=_Parser)
     contact_commands.required = True
-    add = contact_commands.add_parser("add", help="add a contact by public key")
+    add = contact_commands.add_parser("add", help="add a contact by public key",
+                                      parents=[common])
     add.add_argument("name")
     add.add_argument("public_key", metavar="PUBLIC_KEY", help="as `relay identity` shows it")
     add.add_argument("--replace", action="store_true", help="replace a contact's key")
-    contact_commands.add_parser("list", help="list contacts")
-    remove = contact_commands.add_parser("remove", help="remove a contact")
+    contact_commands.add_parser("list", help="list contacts", parents=[common])
+    remove = contact_commands.add_parser("remove", help="remove a contact", parents=[common])
     remove.add_argument("name")
     return parser
 
@@ -222,17 +254,121 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
 
 
 async def run(ctx: Context) -> int:
-    """Run the parsed command; the exit code. ClientErrors become one line on stderr."""
+    """Run the parsed command; the exit code. ClientErrors become one line on stderr, an
+    interruption (ctx.interruption fired) the one line "relay: interrupted"."""
     try:
         ctx.settings  # noqa: B018 - a broken config file is reported whatever the command
         return await COMMANDS[ctx.args.command](ctx)
-    except ClientError as e:
-        print(f"relay: error: {printable_name(str(e))}", file=ctx.stderr, flush=True)
-        return exit_code_for(e)
-    except OSError as e:  # the local disk: a full disk, a read-only folder...
-        where = f" ({printable_name(str(e.filename))})" if e.filename else ""
-        print(f"relay: error: {e.strerror or e}{where}", file=ctx.stderr, flush=True)
+    except BaseException as e:  # noqa: BLE001 - every ending is mapped to an exit code
+        return _ending(ctx, e)
+
+
+def _ending(ctx: Context, error: BaseException) -> int:
+    if ctx.interruption.fired or isinstance(error, Interrupted | CancelledError
+                                             | KeyboardInterrupt):
+        # Whatever the interrupted call raised (a cancelled request, a closed connection)
+        # is a consequence of the interruption, not news.
+        _say_line(ctx.stderr, "relay: interrupted")
+        return EXIT_INTERRUPTED
+    if isinstance(error, BrokenPipeError):
+        # stdout's reader went away (`relay identity | head -1`): it took what it wanted.
+        _quiet_stdout(ctx)
+        return EXIT_OK
+    if isinstance(error, ClientError):
+        _say_line(ctx.stderr, f"relay: error: {printable_name(str(error))}")
+        return exit_code_for(error)
+    if isinstance(error, OSError):  # the local disk: a full disk, a read-only folder...
+        where = f" ({printable_name(str(error.filename))})" if error.filename else ""
+        _say_line(ctx.stderr, f"relay: error: {error.strerror or error}{where}")
         return EXIT_FAILED
+    raise error
+
+
+def _say_line(stream: Any, line: str) -> None:
+    try:
+        print(line, file=stream, flush=True)
+    except OSError:
+        pass  # stderr is gone too: the exit code says it
+
+
+def _quiet_stdout(ctx: Context) -> None:
+    """Replace a stdout whose reader went away, so that the final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, ctx.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def _install_interrupt(reactor: Any, ctx: Context, running: dict[str, Any]) -> None:
+    """Ctrl-C (and SIGTERM): at a prompt, KeyboardInterrupt right there; otherwise tell
+    the peer (ctx.interruption), stop the command, exit 130. A second Ctrl-C, or the
+    hooks taking over HOOK_TIMEOUT, ends the process at once."""
+    # A signal may arrive in a worker thread; the wakeup fd wakes the reactor's poll so
+    # that the handler runs on the main thread without delay.
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    reactor.addReader(_Drain(read_end))
+
+    def interrupt() -> None:
+        if ctx.interruption.fired:
+            _hard_exit()
+        settled = ctx.interruption.fire()
+        finished = running.get("command")
+
+        def stop_command(_: Any) -> None:
+            if finished is not None and not finished.called:
+                finished.cancel()
+            # What the peer was told is written; its own closing handshake is not awaited.
+            reactor.callLater(STOP_GRACE, _stop_reactor, reactor)
+
+        settled.addBoth(stop_command)
+        reactor.callLater(HOOK_TIMEOUT + 2, _hard_exit)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        prompt.state.interrupted = True
+        if prompt.state.prompting:
+            raise KeyboardInterrupt
+        reactor.callFromThread(interrupt)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+class _Drain:
+    """Reads the signal wakeup pipe (its bytes mean nothing: the handler does the work)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        try:
+            while os.read(self.fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "signals"
+
+
+def _stop_reactor(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()
+
+
+def _hard_exit() -> None:
+    _say_line(sys.stderr, "relay: interrupted")
+    os._exit(EXIT_INTERRUPTED)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -242,10 +378,15 @@ def main(argv: list[str] | None = None) -> NoReturn:
     from twisted.internet.defer import Deferred
 
     outcome: dict[str, Any] = {}
+    ctx = Context(args=args, reactor=reactor)
+
+    running: dict[str, Any] = {}
+    # Before the command starts (it may prompt at once), and whatever the parent did with
+    # SIGINT (a shell's background job inherits it ignored).
+    _install_interrupt(reactor, ctx, running)
 
     def start() -> None:
-        ctx = Context(args=args, reactor=reactor)
-        finished = Deferred.fromCoroutine(run(ctx))
+        finished = running["command"] = Deferred.fromCoroutine(run(ctx))
 
         def done(code: int) -> None:
             outcome["code"] = code
@@ -256,20 +397,31 @@ def main(argv: list[str] | None = None) -> NoReturn:
             print("relay: internal error (please report):", file=sys.stderr)
             traceback.print_exception(failure.type, failure.value, failure.getTracebackObject())
 
+        def stop(_: Any) -> None:
+            if ctx.interruption.fired:  # the peer is being told: wait for that
+                ctx.interruption.settled.addBoth(lambda _: _stop_reactor(reactor))
+            else:
+                _stop_reactor(reactor)
+
         finished.addCallbacks(done, failed)
-        finished.addBoth(lambda _: reactor.stop())
+        finished.addBoth(stop)
 
     reactor.callWhenRunning(start)
-    reactor.run()
+    reactor.run(installSignalHandlers=False)
+    if "code" not in outcome:  # stopped before the command could say it
+        _say_line(sys.stderr, "relay: interrupted")
     code = outcome.get("code", EXIT_INTERRUPTED)
-    if code == EXIT_INTERRUPTED:
-        print("\nrelay: interrupted", file=sys.stderr)
+    if ctx.interruption.fired:
+        code = EXIT_INTERRUPTED
     try:
         sys.stdout.flush()
     except OSError:
         pass  # stdout's reader went away: the exit code already says how the run ended
     # os._exit skips waiting on the thread pool (a proof-of-work search that was cancelled).
-    sys.stderr.flush()
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
     os._exit(code)
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
 
+from relay.client.cli import prompt
 from relay.client.cli.progress import ProgressBar
-from relay.client.errors import UsageError
+from relay.client.errors import Interrupted, UsageError
+from relay.client.interrupt import Interruption
 from relay.client.local.contacts import ContactBook
 from relay.client.local.home import relay_home
 from relay.client.local.identity import Identity, load_or_create_identity
@@ -33,7 +36,6 @@ DEFAULT_OFFER_WAIT = 60.0
 # Seconds a code-phrase sender waits for its recipient.
 DEFAULT_CODE_WAIT = 600.0
 _MAX_CONFIG = 64 * 1024
-MAX_ANSWER = 256  # characters read for a y/N answer or a typed code
 _SETTINGS = {"relay_url": str, "offer_wait": (int, float), "code_wait": (int, float)}
 
 
@@ -87,6 +89,8 @@ class Context:
     stderr: TextIO = attrs.field(factory=lambda: sys.stderr)
     environ: Mapping[str, str] = attrs.field(factory=lambda: dict(os.environ))
     _settings: Settings | None = None
+    interruption: Interruption = attrs.field(
+        default=attrs.Factory(lambda self: Interruption(self.reactor), takes_self=True))
 
     @property
     def home(self) -> Path:
@@ -132,13 +136,24 @@ class Context:
         return ProgressBar(self.stderr, enabled=enabled, label=label)
 
     def interactive(self) -> bool:
-        return bool(getattr(self.stdin, "isatty", lambda: False)())
+        """Whether someone can answer a question (stdin is a terminal)."""
+        return prompt.is_terminal(self.stdin)
 
     def ask_yes_no(self, question: str) -> bool:
-        """y/N on the terminal; False when nobody can answer."""
-        if not self.interactive():
-            return False
-        self.stderr.write(f"{question} [y/N] ")
-        self.stderr.flush()
-        answer = self.stdin.readline(MAX_ANSWER)
-        return answer.strip().lower() in ("y", "yes")
+        """y/N on the terminal; False when nobody can answer. Interrupted on Ctrl-C."""
+        with self._interruptible():
+            return prompt.ask_yes_no(self.stdin, self.stderr, question)
+
+    def ask_line(self, question: str, words: Any = None) -> str | None:
+        """A line typed by the user (Tab completes words); None at end of input."""
+        with self._interruptible():
+            return prompt.ask_line(self.stdin, self.stderr, question, words)
+
+    @contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """Ctrl-C at a prompt interrupts the command like anywhere else: the peer is told."""
+        try:
+            yield
+        except Interrupted:
+            self.interruption.fire()
+            raise

@@ -23,10 +23,12 @@ from typing import Any
 from twisted.internet.task import deferLater
 
 from relay.client import codes
-from relay.client.cli.context import ENV_CODE, MAX_ANSWER, Context
+from relay.client.cli.consent import Entry, consent
+from relay.client.cli.context import ENV_CODE, Context
 from relay.client.cli.progress import human_bytes
 from relay.client.errors import (
     ChannelClosed,
+    Refused,
     RelayError,
     TransferError,
     UsageError,
@@ -35,7 +37,13 @@ from relay.client.errors import (
 from relay.client.live.protocol import ReceiveResult
 from relay.client.live.session import live_receive
 from relay.client.mailbox.client import MailboxClient
-from relay.client.mailbox.drop import Collected, Collector, delete_messages, group_drops
+from relay.client.mailbox.drop import (
+    Collected,
+    Collector,
+    DropGroup,
+    delete_messages,
+    group_drops,
+)
 from relay.client.mailbox.inbox import Item, open_items, read_all
 from relay.client.safe_paths import DEFAULT_LIMITS, Overwrite, ReceiveLimits, printable_name
 from relay.crypto import h2
@@ -123,6 +131,7 @@ class Receiver:
         self.texts: list[str] = []
         self.bytes = 0
         self.resumed = 0
+        self.refused: list[str] = []
 
     # ---- live ------------------------------------------------------------------------------
 
@@ -132,32 +141,26 @@ class Receiver:
         output = TextFirst(ctx.stdout.buffer) if ctx.args.stdout else None
 
         def confirm(entries: list[tuple[str, bool, int | None]], text: str | None) -> bool:
-            files = [e for e in entries if not e[1]]
-            size = human_bytes(sum(e[2] or 0 for e in files))
-            if any(e[2] is None for e in files):
-                size = "a stream of unknown size" if len(files) == 1 else f"{size} and a stream"
-            ctx.say(f"{who} offers {len(files)} file(s), {size}"
-                    + (" and a text" if text is not None else ""))
-            if ctx.args.yes or not ctx.interactive():
-                accepted = True
-            else:
-                accepted = ctx.ask_yes_no("Accept?")
-            if accepted and output is not None and text is not None:
+            # entries come escaped already (receive_files shows nothing unescaped)
+            consent(ctx, who, entries, text)
+            if output is not None and text is not None:
                 output.pending = text.encode("utf-8", "replace")  # the text is the data
-            return accepted
+            return True
 
         try:
             result = await live_receive(ctx.reactor, ctx.relay_url, code, self.root,
                                         limits=_limits(ctx), overwrite=self._overwrite(),
                                         ask=_asker(ctx), confirm_offer=confirm, progress=bar,
-                                        stdout=output)
+                                        stdout=output, interruption=ctx.interruption)
         except ChannelClosed:
-            raise WrongCodeError("the sender ended the exchange: the code is probably wrong "
-                                 "(a code works once; ask for a new one)") from None
+            raise WrongCodeError("the sender ended the exchange: the code is wrong, or the "
+                                 "sender cancelled (a code works once; ask for a new one)") \
+                from None
         except RelayError as e:
             if e.status == 404:
                 raise WrongCodeError("no sender is waiting under this code (mistyped, "
-                                     "already used or expired)") from None
+                                     "already used, expired or cancelled); ask the sender "
+                                     "for a new one") from None
             if e.status == 409:
                 raise TransferError("someone else already used this code") from None
             raise
@@ -254,6 +257,8 @@ class Receiver:
             if not group.complete:
                 ctx.say(f"A drop from {who} is still arriving; try again later.")
                 continue
+            if not self._accepts(who, _drop_entries(group), group.text):
+                continue
             try:
                 got = await collector.collect_drop(group)
             finally:
@@ -262,6 +267,8 @@ class Receiver:
             taken += 1
         for notice in standalone:
             who = names.get(notice.sender_hpk, "?")
+            if not self._accepts(who, _notice_entries(notice), None):
+                continue
             try:
                 got = await collector.collect_file(notice)
             finally:
@@ -278,6 +285,17 @@ class Receiver:
             ctx.say(f"{len(unreadable)} message(s) could not be opened; left on the relay.")
         return taken, missed and not taken
 
+    def _accepts(self, who: str, entries: list[Entry], text: str | None) -> bool:
+        """The consent rule for a drop: refused ones stay on the relay (the sender is not
+        there to be told), and `relay receive` can take them later."""
+        try:
+            consent(self.ctx, who, entries, text)
+        except Refused as e:
+            self.refused.append(str(e))
+            self.ctx.say(f"Left it on the relay ({e}).")
+            return False
+        return True
+
     def _took(self, got: Collected, who: str) -> None:
         self.files += got.files
         self.bytes += got.bytes
@@ -287,6 +305,21 @@ class Receiver:
                   flush=True)
         for path in got.files:
             self.ctx.say(f"Received {printable_name(str(path))} from {who}")
+
+
+def _drop_entries(group: DropGroup) -> list[Entry]:
+    entries = []
+    for e in group.entries():
+        size = e.get("size")
+        entries.append((str(e.get("name")), bool(e.get("dir")),
+                        size if isinstance(size, int) else 0))
+    return entries
+
+
+def _notice_entries(notice: Item) -> list[Entry]:
+    value = notice.value or {}
+    size = value.get("orig_size")
+    return [(str(value.get("name")), False, size if isinstance(size, int) else 0)]
 
 
 def b64prefix(hpk: bytes) -> str:
@@ -309,17 +342,23 @@ def _read_code(ctx: Context) -> str:
     code = ctx.environ.get(ENV_CODE, "").strip()
     if code:
         return code
-    if ctx.interactive():
-        ctx.stderr.write("Code (code phrase or drop code): ")
-        ctx.stderr.flush()
-    line = ctx.stdin.readline(MAX_ANSWER)
-    if not line.strip():
-        raise UsageError(f"no code given (type it when asked, or set ${ENV_CODE})")
-    return line.strip()
+    words = list(codes.WORDS) + [codes.DROP_PREFIX]
+    line = ctx.ask_line("Code (code phrase or drop code; Tab completes words): ", words) \
+        if ctx.interactive() else ctx.ask_line("", None)
+    if not line:
+        raise UsageError(f"no code given: type it when asked (on a terminal), pipe it to "
+                         f"stdin, or set ${ENV_CODE}")
+    return line
 
 
 async def cmd_receive(ctx: Context) -> int:
     args = ctx.args
+    if args.code_argument is not None:
+        # Refused, not read with a warning: by then it is already in the process list
+        # (and shell history) for every user of this machine to see, and a code works once.
+        raise UsageError(f"codes are not taken from the command line (other users see "
+                         f"it in the process list): run `relay receive` and type it, or "
+                         f"set ${ENV_CODE}")
     if args.stdout and args.output:
         raise UsageError("--stdout and --output do not go together")
     if args.stdout and getattr(ctx.stdout, "isatty", lambda: False)():
@@ -345,6 +384,8 @@ async def cmd_receive(ctx: Context) -> int:
                                            poll_for=args.wait or 0)
             if taken:
                 return _finish(ctx, receiver)
+            if receiver.refused:
+                raise Refused(f"nothing taken ({receiver.refused[0]})")
             if args.mailbox:
                 ctx.say("Nothing waiting.")
                 return 0
@@ -364,6 +405,8 @@ async def _receive_drop_code(ctx: Context, receiver: Receiver, code: str) -> Non
     client = ctx.mailbox(drop_recipient)
     taken = await receiver.mailbox(client, drop_recipient, {h2(sender_pk): "the drop"},
                                    {h2(sender_pk): sender_pk}, take_offers=False)
+    if not taken and receiver.refused:
+        raise Refused(f"nothing taken ({receiver.refused[0]})")
     if not taken:
         raise WrongCodeError("nothing is waiting under this drop code (mistyped, already "
                              "collected or expired)")
@@ -379,10 +422,12 @@ def _finish(ctx: Context, receiver: Receiver) -> int:
                 shutil.copyfileobj(f, ctx.stdout.buffer, 1024 * 1024)
             ctx.stdout.buffer.flush()
     count = len(receiver.files) + receiver.streamed
-    summary = f"Received {count} file(s), {human_bytes(receiver.bytes)}"
-    if receiver.resumed:
-        summary += f" (resumed: {human_bytes(receiver.resumed)} were already here)"
-    ctx.say(summary + ".")
+    if count or not receiver.texts:  # after a text alone, the text said it all
+        summary = f"Received {count} file{'s' if count != 1 else ''}, " \
+                  f"{human_bytes(receiver.bytes)}"
+        if receiver.resumed:
+            summary += f" (resumed: {human_bytes(receiver.resumed)} were already here)"
+        ctx.say(summary + ".")
     return 0
 
 

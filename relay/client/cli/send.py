@@ -26,9 +26,10 @@ from typing import Any
 from relay.client import codes
 from relay.client.cli.context import Context
 from relay.client.cli.progress import human_bytes
-from relay.client.errors import ClientError, TransferError, UsageError
+from relay.client.cli.prompt import is_terminal
+from relay.client.errors import ClientError, NobodyCame, RelayError, TransferError, UsageError
 from relay.client.live.protocol import MAX_TEXT, SourceEntry, collect_sources
-from relay.client.live.session import NobodyCame, effective_wait, run_live_send, start_live_send
+from relay.client.live.session import LiveStart, effective_wait, run_live_send, start_live_send
 from relay.client.local.contacts import Contact
 from relay.client.mailbox.drop import send_drop
 from relay.client.mailbox.inbox import FORMAT_VERSION, OFFER_TYPE, box_text, send_json
@@ -41,6 +42,10 @@ DEFAULT_STDIN_NAME = "stdin"
 # default, may refuse less); a live transfer has no such cap on the sender's side.
 STDIN_DROP_MAX = 4 * 1024 ** 3
 _SPOOL_BLOCK = 1024 * 1024
+# What a relay without the live rendezvous (--no-rendezvous) answers to /join: 503 with
+# no details, as Zax answers any path it does not serve (a busy relay's canned 503 looks
+# the same to this client, and a dead drop is a fine answer to that too).
+NO_RENDEZVOUS = (404, 405, 501, 503)
 
 
 def _sources(ctx: Context) -> list[SourceEntry]:
@@ -152,25 +157,56 @@ async def cmd_send(ctx: Context) -> int:
     return await _send_by_code(ctx, entries, text)
 
 
+def show_code(ctx: Context, label: str, code: str) -> None:
+    """The code on stdout (alone, so that `CODE=$(relay send ...)` gets it; with -q it is
+    all that is printed); on a terminal it follows its label on stderr."""
+    if not ctx.args.quiet:
+        same_terminal = is_terminal(ctx.stdout) and is_terminal(ctx.stderr)
+        ctx.stderr.write(f"{label}: " if same_terminal else f"{label}: {code}\n")
+        ctx.stderr.flush()
+    print(code, file=ctx.stdout, flush=True)
+
+
+async def _start_live(ctx: Context, fallback: bool) -> LiveStart | None:
+    """A joined channel; None when the relay offers no live rendezvous (run with
+    --no-rendezvous) and the caller can fall back to a dead drop."""
+    try:
+        return await start_live_send(ctx.reactor, ctx.relay_url)
+    except RelayError as e:
+        if e.status not in NO_RENDEZVOUS or e.details:
+            raise
+        if fallback:
+            ctx.say("The relay offers no live rendezvous (or is busy): leaving a dead drop "
+                    "instead.")
+            return None
+        raise RelayError("the relay offers no live rendezvous (or is busy): send with "
+                         "--drop, or --to a contact, to leave a dead drop", e.status) \
+            from None
+
+
 async def _send_by_code(ctx: Context, entries: list[SourceEntry], text: str | None) -> int:
     args = ctx.args
     asked = args.wait if args.wait is not None else ctx.settings.code_wait
-    start = await start_live_send(ctx.reactor, ctx.relay_url)
+    if args.drop and asked <= 0:
+        return await _send_drop_code(ctx, entries, text)
+    start = await _start_live(ctx, fallback=args.drop)
+    if start is None:
+        return await _send_drop_code(ctx, entries, text)
     # Never longer than the relay keeps the channel: a code is useless after that.
     wait = effective_wait(ctx.reactor, start, asked)
-    # The code is the one thing the user needs: always shown, even with --quiet.
-    print(f"Sending {_summary(entries, text)}.\nCode phrase: {start.code}\n"
-          f"On the other machine run `relay receive` and type the code "
-          f"(within {_duration(wait)}{_cut_note(asked, wait)}).",
-          file=ctx.stderr, flush=True)
+    ctx.say(f"Sending {_summary(entries, text)}.")
+    show_code(ctx, "Code phrase", start.code)
+    ctx.say(f"On the other machine run `relay receive` and type the code; it works once, "
+            f"{_wait_note(asked, wait)}.")
     bar = ctx.progress_bar("send")
     try:
         await run_live_send(ctx.reactor, start, entries, text=text, wait=wait, progress=bar,
-                            limit_rate=args.limit_rate,
+                            limit_rate=args.limit_rate, interruption=ctx.interruption,
                             on_connected=lambda: ctx.say("Connected; sending..."))
     except NobodyCame:
         if not args.drop:
-            raise
+            raise NobodyCame(f"nobody came within {_duration(wait)}; send again for a new "
+                             f"code (or add --drop to leave it on the relay)") from None
         ctx.say(f"Nobody came within {_duration(wait)}: leaving it as a dead drop instead.")
         return await _send_drop_code(ctx, entries, text)
     finally:
@@ -183,9 +219,12 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds) if seconds >= 10 else round(seconds, 1):g} s"
 
 
-def _cut_note(asked: float, wait: float) -> str:
-    """Why the wait is shorter than asked for, if it is."""
-    return ", when the relay's channel expires" if wait < asked - 0.5 else ""
+def _wait_note(asked: float, wait: float) -> str:
+    """For how long the code works, and why not as long as asked, if it is shorter."""
+    if wait < asked - 0.5:
+        return (f"for {_duration(wait)} (the relay keeps a code that long; "
+                f"--wait {asked:g} cannot make it longer)")
+    return f"for {_duration(wait)}"
 
 
 async def _send_drop_code(ctx: Context, entries: list[SourceEntry], text: str | None) -> int:
@@ -199,8 +238,10 @@ async def _send_drop_code(ctx: Context, entries: list[SourceEntry], text: str | 
                             text=text, progress=bar)
     finally:
         bar.finish()
-    print(f"Left on the relay. Give the recipient this drop code (instead of the code "
-          f"phrase):\nDrop code: {drop_code}", file=ctx.stderr, flush=True)
+    ctx.say(f"Left {_summary(entries, text)} on the relay.")
+    show_code(ctx, "Drop code", drop_code)
+    ctx.say("Give the recipient this drop code; `relay receive` and the code collect it "
+            "(once).")
     return 0
 
 
@@ -208,21 +249,21 @@ async def _send_to_contact(ctx: Context, contact: Contact, entries: list[SourceE
                            text: str | None) -> int:
     args = ctx.args
     identity = ctx.identity()
-    wait = args.wait if args.wait is not None else ctx.settings.offer_wait
+    asked = args.wait if args.wait is not None else ctx.settings.offer_wait
     client = ctx.mailbox(identity.private_key)
-    if wait > 0:
-        start = await start_live_send(ctx.reactor, ctx.relay_url)
-        asked, wait = wait, effective_wait(ctx.reactor, start, wait)
+    start = await _start_live(ctx, fallback=True) if asked > 0 else None
+    if start is not None:
+        wait = effective_wait(ctx.reactor, start, asked)
         offer = {"type": OFFER_TYPE, "version": FORMAT_VERSION, "code": start.code,
                  "expires": time.time() + wait, "summary": _summary(entries, text)}
         await send_json(client, identity.private_key, contact.public_key, offer, time.time())
-        ctx.say(f"Offered {_summary(entries, text)} to {contact.name}; waiting up to "
-                f"{_duration(wait)}{_cut_note(asked, wait)} for their client to take it "
-                f"live...")
+        ctx.say(f"Offered {_summary(entries, text)} to {contact.name}; waiting "
+                f"{_wait_note(asked, wait)} for their client to take it live...")
         bar = ctx.progress_bar("send")
         try:
             await run_live_send(ctx.reactor, start, entries, text=text, wait=wait,
                                 progress=bar, limit_rate=args.limit_rate,
+                                interruption=ctx.interruption,
                                 on_connected=lambda: ctx.say("Connected; sending..."))
             ctx.say(f"Sent live to {contact.name} and verified.")
             return 0
@@ -240,7 +281,7 @@ async def _send_to_contact(ctx: Context, contact: Contact, entries: list[SourceE
         bar.finish()
     ctx.say(f"Left {_summary(entries, text)} in {contact.name}'s mailbox "
             f"({sent.files} file{'s' if sent.files != 1 else ''}); "
-            f"`relay receive` collects it.")
+            f"`relay receive` on their side collects it.")
     return 0
 
 

@@ -42,6 +42,7 @@ blocks ahead of (or behind) the reactor thread, which seals, opens and moves the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -51,7 +52,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from relay.client.errors import TransferError
+from relay.client.errors import PeerCancelled, TransferError
 from relay.client.live.records import Record
 from relay.client.safe_paths import printable_name
 
@@ -64,6 +65,7 @@ DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_TEXT = 64 * 1024
 PARTIAL_PREFIX = "."
 PARTIAL_SUFFIX = ".relay-partial"
+MAX_NAME_BYTES = 255  # NAME_MAX of common file systems
 _READ_SIZE = 1024 * 1024
 # Offer entries per record, so one JSON record stays far under the record cap.
 _ENTRIES_PER_RECORD = 500
@@ -171,11 +173,16 @@ def decode(record: Record | None) -> tuple[str, Any]:
             raise TransferError("the peer sent a malformed message") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise TransferError("the peer sent a malformed message")
+        if message["type"] == "cancel":
+            by = message.get("by")
+            who = f"the {by}" if by in ("sender", "receiver") else "the other side"
+            raise PeerCancelled(f"{who} cancelled the transfer (interrupted)")
         if message["type"] in ("error", "refuse"):
+            # Only the receiver sends these (its reason for refusing, or for stopping).
             reason = message.get("reason")
             reason = printable_name(reason[:_REASON_CHARS]) if isinstance(reason, str) else "?"
-            verb = "refused the transfer" if message["type"] == "refuse" else "failed"
-            raise TransferError(f"the peer {verb}: {reason}")
+            verb = "refused the transfer" if message["type"] == "refuse" else "stopped"
+            raise TransferError(f"the receiver {verb}: {reason}")
         return "json", message
     raise TransferError("the peer sent an unknown record")
 
@@ -202,4 +209,32 @@ def default_reactor(reactor: Any) -> Any:
 
 
 def partial_path(target: Path) -> Path:
-    return target.with_name(f"{PARTIAL_PREFIX}{target.name}{PARTIAL_SUFFIX}")
+    """The hidden partial file beside target: `.NAME.relay-partial`, or for a name too long
+    for that (a file name has at most MAX_NAME_BYTES bytes) the name cut short plus a hash
+    of the whole name, so that two long names sharing a beginning never share a partial."""
+    name = f"{PARTIAL_PREFIX}{target.name}{PARTIAL_SUFFIX}"
+    if len(os.fsencode(name)) <= MAX_NAME_BYTES:
+        return target.with_name(name)
+    raw = os.fsencode(target.name)
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:12]
+    room = MAX_NAME_BYTES - len(PARTIAL_PREFIX) - len(tag) - len(PARTIAL_SUFFIX)
+    short = raw[:room].decode("utf-8", "ignore") if _utf8(raw) else os.fsdecode(raw[:room])
+    return target.with_name(f"{PARTIAL_PREFIX}{short}{tag}{PARTIAL_SUFFIX}")
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def tell_cancelled(channel: RecordChannel, by: str) -> None:
+    """Tell the peer that this side (by: "sender" or "receiver") was interrupted: a
+    `cancel` message, then the final record and the connection closed."""
+    await send_json(channel, {"type": "cancel", "by": by})
+    await channel.finish()
+    close = getattr(channel, "close", None)
+    if close is not None:
+        close()  # flushes what is written, then closes: the peer reads the cancel first

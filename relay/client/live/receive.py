@@ -14,7 +14,9 @@ import attrs
 
 from relay.client.errors import (
     OutputClosed,
+    PeerCancelled,
     RecordError,
+    Refused,
     StreamCapExceeded,
     TransferError,
     UnsafePathError,
@@ -85,10 +87,13 @@ async def receive_files(channel: RecordChannel, root: Path, *,
     try:
         return await _receive(channel, workers, root, limits, overwrite, ask, confirm_offer,
                               progress, stdout)
+    except PeerCancelled:
+        raise  # the sender is gone: nobody to tell
     except (TransferError, UnsafePathError, OSError) as e:
         reason = e.strerror if isinstance(e, OSError) else str(e)
+        kind = "refuse" if isinstance(e, Refused | UnsafePathError) else "error"
         try:
-            await send_json(channel, {"type": "error", "reason": reason or "failed"})
+            await send_json(channel, {"type": kind, "reason": reason or "failed"})
             await channel.finish()
         except (RecordError, TransferError):
             pass  # the connection is gone; the local error is what matters
@@ -152,7 +157,7 @@ async def _receive(channel: RecordChannel, workers: FileWorkers, root: Path,
                             f"{len(shapes)} entries")
     if confirm_offer is not None and not confirm_offer(
             [(printable_name(name), is_dir, size) for name, is_dir, size, _ in shapes], text):
-        raise TransferError("declined by the recipient")
+        raise Refused("declined")
     known_bytes = sum(size for _, _, size, is_stream in shapes if not is_stream)
     stream_limit = min(limits.max_file_bytes, limits.max_total_bytes - known_bytes)
     wanted = []
@@ -162,21 +167,30 @@ async def _receive(channel: RecordChannel, workers: FileWorkers, root: Path,
         wanted.append(_Wanted(parts, is_dir, size or 0, raw["mode"] & 0o777, target,
                               is_stream, stream_limit if is_stream else size or 0))
     offsets = []
+    prefixes: list[str | None] = []
     for item in wanted:
         if item.is_dir:
             if os.path.lexists(item.target) and not os.path.isdir(item.target):
-                raise TransferError(f"{printable_name(str(item.target))} exists and is not "
-                                    f"a folder")
+                raise Refused(f"{item.name} exists here and is not a folder")
             offsets.append(0)
+            prefixes.append(None)
             continue
         if stdout is not None:
             offsets.append(0)  # nothing is kept between runs: never resumed
+            prefixes.append(None)
             continue
+        if os.path.isdir(item.target):
+            raise Refused(f"{item.name} is a folder here; a file cannot replace it")
         if not may_write(item.target, overwrite, ask):
-            raise TransferError(f"{printable_name(str(item.target))} exists; not overwriting")
-        offsets.append(0 if item.is_stream else _resume_offset(item))
+            raise Refused(f"{item.name} exists here; not overwriting (the receiver can "
+                          f"use --overwrite always, or ask)")
+        offset = 0 if item.is_stream else _resume_offset(item)
+        offsets.append(offset)
+        # Resume by content: the sender compares this with its own file's first bytes.
+        prefixes.append(await workers.disk.submit(_hash_partial, partial_path(item.target),
+                                                  offset) if offset else None)
     # Files from offset 0 are verified by the records alone (live/protocol.py).
-    await send_json(channel, {"type": "accept", "offsets": offsets,
+    await send_json(channel, {"type": "accept", "offsets": offsets, "prefixes": prefixes,
                               "sha256": SHA256_RESUMED_ONLY})
 
     created_folders = []
@@ -198,7 +212,10 @@ async def _receive(channel: RecordChannel, workers: FileWorkers, root: Path,
         if index not in pending:
             raise TransferError("protocol error: unexpected file")
         pending.discard(index)
-        offset = int_field(header, "offset", offsets[index], offsets[index])
+        offset = int_field(header, "offset", 0, offsets[index])
+        if offset not in (0, offsets[index]):
+            raise TransferError("protocol error: bad offset")
+        done -= offsets[index] - offset  # 0: the sender's file differs; start over
         if stdout is not None:
             got = await _receive_to_output(channel, workers, stdout, wanted[index], index,
                                            done, total, progress)
@@ -361,3 +378,16 @@ def _rehash_partial(f: Any, digest: Any, offset: int) -> None:  # worker thread
         remaining -= len(block)
     f.seek(offset)
     f.truncate()
+
+
+def _hash_partial(path: Path, size: int) -> str:  # worker thread
+    """SHA-256 of the first size bytes of a partial file ("" if it shrank meanwhile)."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while size:
+            block = f.read(min(_READ_SIZE, size))
+            if not block:
+                return ""
+            digest.update(block)
+            size -= len(block)
+    return digest.hexdigest()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+from contextlib import nullcontext
 from typing import Any
 
 import attrs
@@ -27,6 +28,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from relay.client.errors import ChannelClosed, RelayError, RelayTimeout
 from relay.client.http import post_bounded
+from relay.client.interrupt import Interruption
 from relay.client.live.pake import RECIPIENT, SENDER, Exchange, TrafficKeys, WrongCode
 
 # A peer's response (and so the whole PAKE) must come within this by default.
@@ -274,19 +276,24 @@ async def _run_sender(api: ChannelAPI, joined: Joined, code: str, timeout: float
 
 async def connect_recipient(reactor: Any, relay_url: str, code: str,
                             timeout: float = DEFAULT_TIMEOUT,
-                            bind_host: str | None = None) -> Stapled:
+                            bind_host: str | None = None,
+                            interruption: Interruption | None = None) -> Stapled:
     api = ChannelAPI(reactor, relay_url, bind_host)
     deadline = reactor.seconds() + timeout
     exchange = Exchange(RECIPIENT, code)
     joined = await api.join(RECIPIENT, exchange.channel)
-    state = await api.wait_for(joined, "x", deadline, await api.channel(joined))
-    exchange.finish(_unb64(state["x"], 33))
-    state = await api.channel(joined, y=exchange.message(), hh_k=exchange.own_tag())
-    state = await api.wait_for(joined, "h_k", deadline, state)
-    try:
-        exchange.check_peer_tag(_unb64(state["h_k"], 32))
-    except WrongCode:
-        await api.close(joined)
-        raise
-    return await staple(reactor, joined, exchange.traffic_keys(),
-                        max(1.0, deadline - reactor.seconds()), bind_host)
+    # Interrupted from here on: close the channel, so that the sender stops waiting.
+    leaving = interruption.telling_peer(lambda: api.close(joined)) if interruption \
+        else nullcontext()
+    with leaving:
+        state = await api.wait_for(joined, "x", deadline, await api.channel(joined))
+        exchange.finish(_unb64(state["x"], 33))
+        state = await api.channel(joined, y=exchange.message(), hh_k=exchange.own_tag())
+        state = await api.wait_for(joined, "h_k", deadline, state)
+        try:
+            exchange.check_peer_tag(_unb64(state["h_k"], 32))
+        except WrongCode:
+            await api.close(joined)
+            raise
+        return await staple(reactor, joined, exchange.traffic_keys(),
+                            max(1.0, deadline - reactor.seconds()), bind_host)

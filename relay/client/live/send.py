@@ -66,7 +66,8 @@ async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
     workers = FileWorkers.start(reactor, "send")
     try:
         await _sending_files(channel, workers, entries, offsets, chunk_size, total, progress,
-                             reactor, accept.get("sha256") != SHA256_RESUMED_ONLY)
+                             reactor, accept.get("prefixes"),
+                             accept.get("sha256") != SHA256_RESUMED_ONLY)
     finally:
         workers.stop()
     await send_json(channel, {"type": "done"})
@@ -79,7 +80,7 @@ async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
 async def _sending_files(channel: RecordChannel, workers: FileWorkers,
                          entries: list[SourceEntry], offsets: list[Any], chunk_size: int,
                          total: int, progress: Progress | None, reactor: Any,
-                         hash_all: bool = True) -> None:
+                         prefixes: Any = None, hash_all: bool = True) -> None:
     """hash_all: the recipient wants every file's SHA-256, not only resumed files'."""
     done = 0
     try:
@@ -95,7 +96,7 @@ async def _sending_files(channel: RecordChannel, workers: FileWorkers,
             offset = int_field({"offset": offsets[index]}, "offset", 0, entry.size)
             done += offset
             done = await _send_one(channel, workers, index, entry, offset, chunk_size, done,
-                                   total, progress, hash_all or offset > 0)
+                                   total, progress, _prefix(prefixes, index), hash_all)
     except RecordError as e:
         if isinstance(e, RecordTimeout):
             raise
@@ -105,6 +106,15 @@ async def _sending_files(channel: RecordChannel, workers: FileWorkers,
         if reason is not None:
             raise reason from None
         raise
+
+
+def _prefix(prefixes: Any, index: int) -> str | None:
+    """The recipient's SHA-256 of its partial file of entry index (None: not sent; an older
+    recipient, whose offset is taken as it is)."""
+    if not isinstance(prefixes, list) or index >= len(prefixes):
+        return None
+    value = prefixes[index]
+    return value if isinstance(value, str) else ""
 
 
 async def _peer_error(channel: RecordChannel, reactor: Any) -> TransferError | None:
@@ -139,20 +149,31 @@ def _hash_prefix(f: Any, digest: Any, size: int, name: str) -> None:  # worker t
 
 async def _send_one(channel: RecordChannel, workers: FileWorkers, index: int,
                     entry: SourceEntry, offset: int, chunk_size: int, done: int, total: int,
-                    progress: Progress | None, with_hash: bool = True) -> int:
+                    progress: Progress | None, their_prefix: str | None = None,
+                    hash_all: bool = True) -> int:
+    """Send one file from offset (the size of the recipient's partial file). Resuming goes
+    by content: when the recipient's partial does not hash like this file's first offset
+    bytes (their_prefix), the file is sent whole (offset 0) and the recipient starts over.
+    `end` carries the whole file's SHA-256 for a resumed file, or for every file when
+    hash_all (an older recipient); the records verify the rest (live/protocol.py)."""
     assert entry.path is not None and entry.size is not None
     name = printable_name(entry.name)
     digest = hashlib.sha256()
-    hashing = BackgroundHash(workers.hash, digest) if with_hash else NO_HASH
-    await send_json(channel, {"type": "file", "index": index, "offset": offset})
     try:
         with open(entry.path, "rb", buffering=0) as f:
-            # The recipient's hash covers its resumed prefix too.
-            prefix = workers.disk.submit(_hash_prefix, f, digest, offset, name)
+            if offset:
+                # The recipient's hash covers its resumed prefix too.
+                await workers.disk.submit(_hash_prefix, f, digest, offset, name)
+                if their_prefix is not None and digest.hexdigest() != their_prefix:
+                    done -= offset
+                    offset, digest = 0, hashlib.sha256()
+                    f.seek(0)
+            await send_json(channel, {"type": "file", "index": index, "offset": offset})
+            with_hash = hash_all or offset > 0
+            hashing = BackgroundHash(workers.hash, digest) if with_hash else NO_HASH
             blocks = ReadAhead(workers.disk, f, hashing, offset, entry.size, chunk_size,
                                name=name)
             try:
-                await prefix
                 while (block := await blocks.next()) is not None:
                     await channel.send(KIND_DATA, block)
                     done += len(block)

@@ -15,6 +15,7 @@ and asks for the rest when the same offer comes again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from relay.client import codes
-from relay.client.errors import NobodyCame, RelayTimeout
+from relay.client.errors import ChannelClosed, NobodyCame, PeerCancelled, RelayTimeout
+from relay.client.interrupt import Interruption
 from relay.client.live.pake import SENDER
-from relay.client.live.protocol import Progress, ReceiveResult, SourceEntry
+from relay.client.live.protocol import (
+    KIND_DATA,
+    Progress,
+    ReceiveResult,
+    SourceEntry,
+    tell_cancelled,
+)
 from relay.client.live.receive import receive_files
 from relay.client.live.records import DEFAULT_MAX_PAYLOAD, Record, RecordStream, directions_for
 from relay.client.live.rendezvous import (
@@ -84,6 +92,11 @@ class Throttled:
         self.sent = 0
 
     async def send(self, kind: int, payload: bytes) -> None:
+        if kind != KIND_DATA:
+            # Only file bytes count, and the clock starts with the first of them: the time
+            # the recipient took to accept is not credit to send faster afterwards.
+            await self.inner.send(kind, payload)
+            return
         now = self.reactor.seconds()
         if self.started is None:
             self.started = now
@@ -140,29 +153,40 @@ def effective_wait(reactor: Any, start: LiveStart, wait: float) -> float:
     return min(wait, start.time_left(reactor))
 
 
+def _telling(interruption: Interruption | None, hook: Callable[[], Any]) -> Any:
+    return interruption.telling_peer(hook) if interruption is not None else nullcontext()
+
+
 async def run_live_send(reactor: Any, start: LiveStart, entries: list[SourceEntry], *,
                         text: str | None = None, wait: float = DEFAULT_WAIT,
                         progress: Progress | None = None,
                         limit_rate: float | None = None,
-                        on_connected: Callable[[], None] | None = None) -> None:
-    """Wait for the recipient (see effective_wait), then send. NobodyCame when nobody did."""
+                        on_connected: Callable[[], None] | None = None,
+                        interruption: Interruption | None = None) -> None:
+    """Wait for the recipient (see effective_wait), then send. NobodyCame when nobody did,
+    PeerCancelled when the recipient left first. An interruption closes the channel (while
+    waiting) or tells the recipient (once connected)."""
     wait = effective_wait(reactor, start, wait)
     if wait <= 0:
         raise NobodyCame("the relay's channel expired before anyone came")
     deadline = reactor.seconds() + wait
     try:
-        stapled = await start.connect(timeout=wait)
+        with _telling(interruption, lambda: start.sender.api.close(start.joined)):
+            stapled = await start.connect(timeout=wait)
     except RelayTimeout:
         if reactor.seconds() >= deadline - 1:
             raise NobodyCame(f"nobody received it within {wait:g} s") from None
         raise
+    except ChannelClosed:
+        raise PeerCancelled("the receiver cancelled before the transfer began") from None
     if on_connected is not None:
         on_connected()
     stream = open_stream(stapled, reactor)
     channel: Any = stream if not limit_rate else Throttled(stream, limit_rate, reactor)
     try:
-        await send_files(channel, entries, text=text, progress=progress, chunk_size=CHUNK_SIZE,
-                         reactor=reactor)
+        with _telling(interruption, lambda: tell_cancelled(stream, "sender")):
+            await send_files(channel, entries, text=text, progress=progress,
+                             chunk_size=CHUNK_SIZE, reactor=reactor)
     finally:
         await close_stream(stream, reactor)
 
@@ -172,15 +196,18 @@ async def live_receive(reactor: Any, relay_url: str, code: str, root: Path, *,
                        overwrite: Overwrite = Overwrite.NEVER,
                        ask: Callable[[str], bool] | None = None,
                        confirm_offer: Any = None, progress: Progress | None = None,
-                       timeout: float = DEFAULT_WAIT, stdout: Any = None) -> ReceiveResult:
+                       timeout: float = DEFAULT_WAIT, stdout: Any = None,
+                       interruption: Interruption | None = None) -> ReceiveResult:
     """Receive into root, or with stdout (a binary writer) the offer's one file into it as
-    it arrives (see receive_files)."""
+    it arrives (see receive_files). An interruption closes the channel (during the key
+    exchange) or tells the sender (once connected)."""
     stapled = await connect_recipient(reactor, relay_url, codes.check_code(code),
-                                      timeout=timeout)
+                                      timeout=timeout, interruption=interruption)
     stream = open_stream(stapled, reactor)
     try:
-        return await receive_files(stream, root, limits=limits, overwrite=overwrite, ask=ask,
-                                   confirm_offer=confirm_offer, progress=progress,
-                                   reactor=reactor, stdout=stdout)
+        with _telling(interruption, lambda: tell_cancelled(stream, "receiver")):
+            return await receive_files(stream, root, limits=limits, overwrite=overwrite,
+                                       ask=ask, confirm_offer=confirm_offer,
+                                       progress=progress, reactor=reactor, stdout=stdout)
     finally:
         await close_stream(stream, reactor)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +29,13 @@ def relay_home(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def ensure_home(home: Path) -> Path:
-    """Create the directory (0700) if missing; an existing one is left as it is."""
+    """Create the directory (0700) if missing; an existing one that others can read or
+    enter (0755, made by hand) is tightened to 0700 when it is ours: it holds the secret
+    key, and the contacts are nobody else's business either."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.stat(home)
+    if info.st_mode & 0o077 and info.st_uid == os.getuid():
+        os.chmod(home, stat.S_IMODE(info.st_mode) & 0o700)
     return home
 
 
