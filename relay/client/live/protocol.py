@@ -7,7 +7,8 @@ control message, KIND_DATA ("D") file bytes. The exchange:
 
   sender    -> offer {entries: [{name, dir, size, mode, stream?}], text?, more?}
                                                               (split when large)
-  recipient -> accept {offsets: [...], sha256?: "resumed"}   or   refuse {reason}
+  recipient -> accept {offsets: [...], prefixes?: [...], sha256?: "resumed"}
+                                                   or   refuse {reason}
   sender    -> for each file: file {index, offset}, D records, end {index, sha256?, size?}
   sender    -> done, then its final record
   recipient -> ok (or error {reason}), then its final record
@@ -29,10 +30,10 @@ field (an older recipient) the sender hashes every file, as before; an older sen
 
 A stream (stdin) is an entry of unknown length: `"size": null, "stream": true`, at most one
 per offer. Its bytes go out as they are read; the `end` message marks the end of the
-stream in-band and carries its SHA-256 and its `size`. It is never resumed (offset 0; a
+stream in-band and carries its `size` (and its SHA-256 for an older recipient). It is never resumed (offset 0; a
 cut stream's partial file is deleted), and the recipient enforces its byte caps while it
 writes. With `stdout=` the recipient writes the one offered file to a stream (stdout) as
-the records arrive instead of to disk, and checks the hash at the end: it cannot take back
+the records arrive instead of to disk, and checks the size at the end: it cannot take back
 what it already wrote, so a mismatch or a cut after the first byte is a VerificationError
 that says so.
 
