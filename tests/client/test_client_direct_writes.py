@@ -74,3 +74,19 @@ async def test_a_refused_direct_write_falls_back_to_ordinary_writes(tmp_path, wo
     assert (tmp_path / "f").read_bytes() == b"".join(blocks)
     assert writer._stage is None  # gave up on direct writes
     assert refused or not file_io._O_DIRECT
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_file_grows_as_blocks_come_less_an_unaligned_rest(tmp_path, workers):
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        writer = WriteBehind(workers.disk, fd, NO_HASH, direct=True)
+        await writer.write(os.urandom(10_000))
+        while writer.pending:
+            await writer.pending.popleft()
+        assert path.stat().st_size == (8192 if writer._stage is not None else 10_000)
+        await writer.flush()
+        assert path.stat().st_size == 10_000
+    finally:
+        os.close(fd)

@@ -276,7 +276,9 @@ class WriteBehind(_Pipeline):
             self._stage[self._staged:self._staged + taken] = view[:taken]
             self._staged += taken
             view = view[taken:]
-            if self._staged == _STAGE:
+            if self._staged >= _ALIGN:
+                # At once, not when the stage is full: the partial file grows as the
+                # bytes come (a cut or slow transfer keeps them), less an unaligned rest.
                 self._write_staged()
         if view:  # direct writes were given up on: the rest goes the ordinary way
             _write_all(self.fd, view)
