@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
 """End-to-end client benchmark: `relay send` -> `relay receive` of a big file through a local
-relay, next to the same relay's raw stapled throughput (the bench kit), in one run.
+relay, and magic-wormhole through its own local servers as the anchor, in one run.
 
+    bash bench/install_anchors.sh            # once: magic-wormhole in bench/.anchors/venv
     .venv/bin/python bench/e2e_client.py [--size 1G] [--runs 3] [--out DIR]
 
-One `twistd relay` (memory store, splice data path) on free loopback ports serves both parts:
-1. the kit's throughput.py through the staple handshake plug-in (bench/staple_handshake.py):
-   bytes through the relay with no crypto, no disk: the ceiling;
-2. the `relay` command: the sender reads and hashes the file in worker threads and seals
-   1 MiB AES-256-GCM records; the receiver opens them, hashes and writes in worker threads,
-   fsyncs, and renames the file into place.
-For each client run: MB/s (10^6 bytes per second over the receiver's whole run: process
-start, PAKE, transfer, fsync), CPU seconds and peak RSS of each end (wait4), and the relay's
-CPU. Prints a markdown table and appends JSON lines to OUT/e2e.jsonl.
+Both tools move the same file on the same loopback, their runs interleaved (relay, wormhole,
+relay, wormhole...) so that both see the same load:
+1. the `relay` command through one `twistd relay` (memory store) on free loopback ports: the
+   sender reads and hashes the file in worker threads and seals AES-256-GCM records; the
+   receiver opens them, hashes and writes in worker threads, fsyncs, and renames the file
+   into place;
+2. magic-wormhole (PyPI, its venv from bench/install_anchors.sh, or --anchors BIN): a local
+   mailbox server and transit relay, `wormhole send --no-listen` and `wormhole receive`
+   with the code on the command line, so the bytes go through the transit relay as ours go
+   through the staple (no direct connection).
+For each run: MB/s (10^6 bytes per second over the receiver's whole run: process start, key
+exchange, transfer, fsync), CPU seconds (user + sys, from wait4) of each end, per GiB too,
+their peak RSS, and the CPU of the relay in between. CPU seconds, not wall time, are what a
+shared machine measures fairly. Prints a markdown table and appends JSON lines to
+OUT/e2e.jsonl. --no-anchor skips magic-wormhole.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# The loopback bench kit (transit relay and socat runners); its folder is given by $KIT.
-KIT = Path(os.environ.get("KIT", "bench-kit"))
-CODE_LINE = re.compile(r"Code phrase: (\S+)")
+HOST = "127.0.0.1"
+GIB = 2**30
+RELAY_CODE_LINE = re.compile(r"Code phrase: (\S+)")
+WORMHOLE_APPID = "lothar.com/wormhole/text-or-file-xfer"
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
 
 
@@ -45,8 +54,21 @@ def parse_size(text: str) -> int:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"a server exited early ({process.args[:3]})")
+        try:
+            socket.create_connection((HOST, port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
 
 
 def venv_tool(name: str) -> str:
@@ -82,46 +104,61 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-class Relay:
-    def __init__(self, workdir: Path) -> None:
-        self.http, self.staple = free_port(), free_port()
-        self.log = workdir / "relay.log"
-        self.process = subprocess.Popen(
-            [venv_tool("twistd"), "-n", "--pidfile=", "--logfile", str(self.log), "relay",
-             "--port", f"tcp:{self.http}:interface=127.0.0.1",
-             "--staple", f"tcp:{self.staple}:interface=127.0.0.1",
-             "--files-dir", str(workdir / "files")],
-            cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.http), 0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the relay did not start")
+class Server:
+    """A twistd server on a free loopback port, logging into the work folder."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http}"
+    def __init__(self, twistd: str, plugin_args: list[str], port: int, log: Path,
+                 cwd: Path) -> None:
+        self.port = port
+        self.process = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "--logfile", str(log), *plugin_args], cwd=cwd,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, self.process)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(15)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
-def run_kit(relay: Relay, size: str, runs: int, out: Path) -> dict:
-    """The bench kit's stapled throughput through this relay (no client crypto, no disk)."""
-    env = dict(os.environ, PYTHONPATH=str(HERE), STAPLE_HTTP=relay.url)
-    jsonl = out / "kit.jsonl"
-    subprocess.run([sys.executable, str(KIT / "throughput.py"), "--relay",
-                    f"127.0.0.1:{relay.staple}", "--pid", str(relay.process.pid),
-                    "--bytes", size, "--runs", str(runs), "--handshake",
-                    "staple_handshake:Staple", "--label", "relay-stapled", "--json",
-                    str(jsonl)], env=env, check=True, timeout=600)
-    return json.loads(jsonl.read_text().splitlines()[-1])
+def start_relay(workdir: Path) -> tuple[Server, str]:
+    http, staple = free_port(), free_port()
+    server = Server(venv_tool("twistd"),
+                    ["relay", "--port", f"tcp:{http}:interface={HOST}",
+                     "--staple", f"tcp:{staple}:interface={HOST}",
+                     "--files-dir", str(workdir / "files")], http, workdir / "relay.log",
+                    workdir)
+    return server, f"http://{HOST}:{http}"
+
+
+def start_wormhole_servers(bin_dir: Path, workdir: Path) -> tuple[Server, Server]:
+    """magic-wormhole's mailbox server and transit relay, on free loopback ports."""
+    twistd = str(bin_dir / "twistd")
+    mailbox_port, transit_port = free_port(), free_port()
+    mailbox = Server(twistd, ["wormhole-mailbox", "--port",
+                              f"tcp:{mailbox_port}:interface={HOST}",
+                              "--channel-db", str(workdir / "mailbox-channel.sqlite"),
+                              "--usage-db", str(workdir / "mailbox-usage.sqlite")],
+                     mailbox_port, workdir / "mailbox.log", workdir)
+    try:
+        transit = Server(twistd, ["transitrelay", "--port",
+                                  f"tcp:{transit_port}:interface={HOST}"],
+                         transit_port, workdir / "transit.log", workdir)
+    except Exception:
+        mailbox.stop()
+        raise
+    return mailbox, transit
 
 
 def wait4(process: subprocess.Popen, timeout: float) -> tuple[int, float, int]:
@@ -134,98 +171,172 @@ def wait4(process: subprocess.Popen, timeout: float) -> tuple[int, float, int]:
             return process.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
         time.sleep(0.01)
     process.kill()
+    process.wait()
     raise RuntimeError("a client did not finish in time")
 
 
-def run_client(relay: Relay, source: Path, expected: str, workdir: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.update(RELAY_URL=relay.url, RELAY_HOME=str(workdir / "home"))
-    out_dir = workdir / "received"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    err = workdir / "send.err"
-    with open(err, "wb") as err_f:
-        sender = subprocess.Popen([venv_tool("relay"), "send", str(source)], env=env,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=err_f)
-    deadline = time.monotonic() + 30
-    while not (match := CODE_LINE.search(err.read_text(errors="replace"))):
-        if time.monotonic() > deadline or sender.poll() is not None:
-            raise RuntimeError(f"no code from relay send: {err.read_text()}")
-        time.sleep(0.01)
-    relay_cpu = cpu_seconds(relay.process.pid)
-    started = time.monotonic()
-    receiver = subprocess.Popen(
-        [venv_tool("relay"), "receive", "--no-mailbox", "-o", str(out_dir)],
-        env=dict(env, RELAY_CODE=match.group(1)), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    code_r, cpu_r, rss_r = wait4(receiver, 900)
-    elapsed = time.monotonic() - started
-    code_s, cpu_s, rss_s = wait4(sender, 60)
-    relay_cpu = cpu_seconds(relay.process.pid) - relay_cpu
+def measure(start_sender: Callable[[], subprocess.Popen],
+            start_receiver: Callable[[subprocess.Popen], subprocess.Popen],
+            servers: list[Server], size: int, received: Path, expected: str) -> dict:
+    """Run one transfer; its figures. The receiver's run is the timed part."""
+    sender = start_sender()
+    try:
+        servers_cpu = sum(s.cpu() for s in servers)
+        started = time.monotonic()
+        receiver = start_receiver(sender)
+        code_r, cpu_r, rss_r = wait4(receiver, 900)
+        elapsed = time.monotonic() - started
+        code_s, cpu_s, rss_s = wait4(sender, 60)
+    finally:
+        if sender.returncode is None:
+            sender.kill()
+            sender.wait()
+    servers_cpu = sum(s.cpu() for s in servers) - servers_cpu
     if code_r or code_s:
-        raise RuntimeError(f"exit codes {code_s}/{code_r}: {receiver.stderr.read()!r}")
-    if sha256_of(out_dir / source.name) != expected:
+        raise RuntimeError(f"exit codes {code_s} (sender) / {code_r} (receiver)")
+    if sha256_of(received) != expected:
         raise RuntimeError("the received file differs")
-    size = source.stat().st_size
     return {"bytes": size, "seconds": round(elapsed, 3),
             "mb_per_s": round(size / elapsed / 1e6, 1),
             "sender_cpu_s": round(cpu_s, 2), "receiver_cpu_s": round(cpu_r, 2),
+            "sender_cpu_s_per_gib": round(cpu_s * GIB / size, 2),
+            "receiver_cpu_s_per_gib": round(cpu_r * GIB / size, 2),
             "sender_peak_rss_mb": round(rss_s / 1e6, 1),
             "receiver_peak_rss_mb": round(rss_r / 1e6, 1),
-            "relay_cpu_s": round(relay_cpu, 2)}
+            "server_cpu_s": round(servers_cpu, 2)}
+
+
+def wait_for_line(path: Path, pattern: re.Pattern, process: subprocess.Popen,
+                  timeout: float = 60) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while not (match := pattern.search(path.read_text(errors="replace"))):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"no code from the sender: {path.read_text()[-2000:]}")
+        time.sleep(0.01)
+    return match
+
+
+def run_relay(url: str, relay: Server, source: Path, expected: str, workdir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(RELAY_URL=url, RELAY_HOME=str(workdir / "home"))
+    out_dir = workdir / "received-relay"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    err = workdir / "relay-send.err"
+
+    def start_sender() -> subprocess.Popen:
+        with open(err, "wb") as err_f:
+            return subprocess.Popen([venv_tool("relay"), "send", str(source)], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=err_f, stderr=err_f)
+
+    def start_receiver(sender: subprocess.Popen) -> subprocess.Popen:
+        code = wait_for_line(err, RELAY_CODE_LINE, sender).group(1)
+        return subprocess.Popen(
+            [venv_tool("relay"), "receive", "--no-mailbox", "-y", "-o", str(out_dir)],
+            env=dict(env, RELAY_CODE=code), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=open(workdir / "relay-receive.err", "wb"))
+
+    return measure(start_sender, start_receiver, [relay], source.stat().st_size,
+                   out_dir / source.name, expected)
+
+
+def run_wormhole(bin_dir: Path, mailbox: Server, transit: Server, source: Path,
+                 expected: str, workdir: Path, number: int) -> dict:
+    out = workdir / "received-wormhole.bin"
+    out.unlink(missing_ok=True)
+    code = f"{number + 1}-bench-run"
+    common = [str(bin_dir / "wormhole"), "--relay-url", f"ws://{HOST}:{mailbox.port}/v1",
+              "--transit-helper", f"tcp:{HOST}:{transit.port}", "--appid", WORMHOLE_APPID]
+    env = dict(os.environ, HOME=str(workdir / "home"))
+
+    def start_sender() -> subprocess.Popen:
+        with open(workdir / "wormhole-send.err", "wb") as err_f:
+            return subprocess.Popen([*common, "send", "--no-listen", "--hide-progress",
+                                     "--no-qr", "--code", code, str(source)], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=err_f, stderr=err_f)
+
+    def start_receiver(_sender: subprocess.Popen) -> subprocess.Popen:
+        with open(workdir / "wormhole-receive.err", "wb") as err_f:
+            return subprocess.Popen([*common, "receive", "--no-listen", "--hide-progress",
+                                     "--accept-file", "--output-file", str(out), code],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=err_f,
+                                    stderr=err_f)
+
+    return measure(start_sender, start_receiver, [mailbox, transit],
+                   source.stat().st_size, out, expected)
+
+
+def anchors_bin(given: Path | None) -> Path:
+    if given is not None:
+        return given.absolute()
+    result = subprocess.run(["bash", str(HERE / "install_anchors.sh")], check=True,
+                            stdout=subprocess.PIPE, text=True)
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="1G")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--out", type=Path,
-                        default=Path(tempfile.gettempdir()) / f"bench-e2e-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument("--anchors", type=Path, default=None,
+                        help="magic-wormhole's bin folder (default: bench/install_anchors.sh)")
+    parser.add_argument("--no-anchor", action="store_true", help="skip magic-wormhole")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir())
+                        / f"bench-e2e-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     size = parse_size(args.size)
+    bin_dir = None if args.no_anchor else anchors_bin(args.anchors)
+    results: dict[str, list[dict]] = {"relay": [], "magic-wormhole": []}
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="relay-e2e-bench-") as temp:
         workdir = Path(temp)
+        (workdir / "home").mkdir()
         source = workdir / "big.bin"
         expected = write_file(source, size)
-        relay = Relay(workdir)
+        servers: list[Server] = []
         try:
-            kit = run_kit(relay, args.size, args.runs, args.out)
-            results = []
+            relay, url = start_relay(workdir)
+            servers.append(relay)
+            if bin_dir is not None:
+                servers.extend(start_wormhole_servers(bin_dir, workdir))
             for number in range(args.runs):
-                result = run_client(relay, source, expected, workdir)
-                results.append(result)
-                print(f"run {number + 1}: {result}", flush=True)
+                result = run_relay(url, relay, source, expected, workdir)
+                results["relay"].append(result)
+                print(f"run {number + 1} relay: {result}", flush=True)
+                if bin_dir is not None:
+                    result = run_wormhole(bin_dir, servers[1], servers[2], source, expected,
+                                          workdir, number)
+                    results["magic-wormhole"].append(result)
+                    print(f"run {number + 1} magic-wormhole: {result}", flush=True)
         finally:
-            relay.stop()
+            for server in servers:
+                server.stop()
+    load = tuple(max(a, b) for a, b in zip(load, os.getloadavg(), strict=True))
     with open(args.out / "e2e.jsonl", "a") as f:
-        for result in results:
-            f.write(json.dumps({"kind": "relay-send-receive", **result}) + "\n")
-        f.write(json.dumps({"kind": "kit-stapled", **kit}) + "\n")
-
-    def median(key: str) -> float:
-        return statistics.median(r[key] for r in results)
-
-    print(f"\nresults in {args.out}\n")
-    print(f"| {args.size} through one local relay (median of {args.runs}) | MB/s | "
-          f"sender CPU s | receiver CPU s | sender peak RSS MB | receiver peak RSS MB | "
-          f"relay CPU s |")
+        for kind, runs in results.items():
+            for result in runs:
+                f.write(json.dumps({"kind": kind, "size": args.size, **result}) + "\n")
+    print(f"\nresults in {args.out}; load average {load[0]:.1f} / {load[1]:.1f} / "
+          f"{load[2]:.1f} on {os.cpu_count()} CPUs\n")
+    print(f"| {args.size} through local servers (median of {args.runs}) | MB/s | "
+          f"sender CPU s/GiB | receiver CPU s/GiB | sender peak RSS MB | "
+          f"receiver peak RSS MB | server CPU s |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| `relay send` -> `relay receive` | {median('mb_per_s'):.1f} | "
-          f"{median('sender_cpu_s'):.2f} | {median('receiver_cpu_s'):.2f} | "
-          f"{median('sender_peak_rss_mb'):.1f} | {median('receiver_peak_rss_mb'):.1f} | "
-          f"{median('relay_cpu_s'):.2f} |")
-    print(f"| kit throughput.py, stapled, same relay | {kit_mbps(kit)} | – | – | – | – | "
-          f"{kit_relay_cpu(kit)} |")
+    labels = {"relay": "`relay send` -> `relay receive`, one relay",
+              "magic-wormhole": "magic-wormhole, mailbox server + transit relay"}
+    for kind, runs in results.items():
+        if not runs:
+            continue
 
+        def median(key: str, runs: list[dict] = runs) -> float:
+            return statistics.median(r[key] for r in runs)
 
-def kit_mbps(kit: dict) -> str:
-    return f"{kit['median_MBps']:.1f}"
-
-
-def kit_relay_cpu(kit: dict) -> str:
-    cpu = kit.get("median_server_cpu_s")
-    return "n/a" if cpu is None else f"{cpu:.2f}"
+        print(f"| {labels[kind]} | {median('mb_per_s'):.1f} | "
+              f"{median('sender_cpu_s_per_gib'):.2f} | "
+              f"{median('receiver_cpu_s_per_gib'):.2f} | "
+              f"{median('sender_peak_rss_mb'):.1f} | {median('receiver_peak_rss_mb'):.1f} | "
+              f"{median('server_cpu_s'):.2f} |")
 
 
 if __name__ == "__main__":

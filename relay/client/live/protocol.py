@@ -7,8 +7,9 @@ control message, KIND_DATA ("D") file bytes. The exchange:
 
   sender    -> offer {entries: [{name, dir, size, mode, stream?}], text?, more?}
                                                               (split when large)
-  recipient -> accept {offsets: [...]}       or   refuse {reason}
-  sender    -> for each file: file {index, offset}, D records, end {index, sha256, size?}
+  recipient -> accept {offsets: [...], prefixes?: [...], sha256?: "resumed"}
+                                                   or   refuse {reason}
+  sender    -> for each file: file {index, offset}, D records, end {index, sha256?, size?}
   sender    -> done, then its final record
   recipient -> ok (or error {reason}), then its final record
 
@@ -18,12 +19,21 @@ SHA-256 of the whole file, then renames it into place. A partial file left by an
 transfer is the resume offset the next time the same offer arrives; the hash at the end
 covers the resumed prefix too, so a stale partial cannot slip through.
 
+The whole-file SHA-256 is needed only there: the bytes sent in this run arrive in
+authenticated records (counter nonces, a final record), so they are exactly the bytes the
+sender read, in order and complete. A recipient that says `"sha256": "resumed"` in its
+accept verifies files sent from offset 0 by the records alone and gets `end` without a
+`sha256` for them (the hash costs each end about as much CPU as the AES-GCM and the kernel's
+copies together); resumed files (offset > 0) still carry it, prefix included. Without the
+field (an older recipient) the sender hashes every file, as before; an older sender's
+`sha256` is simply not needed by a newer recipient for files from offset 0.
+
 A stream (stdin) is an entry of unknown length: `"size": null, "stream": true`, at most one
 per offer. Its bytes go out as they are read; the `end` message marks the end of the
-stream in-band and carries its SHA-256 and its `size`. It is never resumed (offset 0; a
+stream in-band and carries its `size` (and its SHA-256 for an older recipient). It is never resumed (offset 0; a
 cut stream's partial file is deleted), and the recipient enforces its byte caps while it
 writes. With `stdout=` the recipient writes the one offered file to a stream (stdout) as
-the records arrive instead of to disk, and checks the hash at the end: it cannot take back
+the records arrive instead of to disk, and checks the size at the end: it cannot take back
 what it already wrote, so a mismatch or a cut after the first byte is a VerificationError
 that says so.
 
@@ -48,6 +58,8 @@ from relay.client.live.records import Record
 from relay.client.safe_paths import printable_name
 
 PROTOCOL_VERSION = 1
+# accept's "sha256": the recipient needs the whole-file SHA-256 only for resumed files.
+SHA256_RESUMED_ONLY = "resumed"
 KIND_JSON = ord("J")
 KIND_DATA = ord("D")
 DEFAULT_CHUNK_SIZE = 64 * 1024

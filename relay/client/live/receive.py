@@ -23,6 +23,7 @@ from relay.client.errors import (
     VerificationError,
 )
 from relay.client.live.file_io import (
+    NO_HASH,
     BackgroundHash,
     FileWorkers,
     StreamWriteBehind,
@@ -32,6 +33,7 @@ from relay.client.live.protocol import (
     _READ_SIZE,
     MAX_TEXT,
     PROTOCOL_VERSION,
+    SHA256_RESUMED_ONLY,
     UNKNOWN_TOTAL,
     Progress,
     ReceiveResult,
@@ -187,7 +189,9 @@ async def _receive(channel: RecordChannel, workers: FileWorkers, root: Path,
         # Resume by content: the sender compares this with its own file's first bytes.
         prefixes.append(await workers.disk.submit(_hash_partial, partial_path(item.target),
                                                   offset) if offset else None)
-    await send_json(channel, {"type": "accept", "offsets": offsets, "prefixes": prefixes})
+    # Files from offset 0 are verified by the records alone (live/protocol.py).
+    await send_json(channel, {"type": "accept", "offsets": offsets, "prefixes": prefixes,
+                              "sha256": SHA256_RESUMED_ONLY})
 
     created_folders = []
     for item in wanted:
@@ -294,8 +298,9 @@ async def _receive_one(channel: RecordChannel, workers: FileWorkers, root: Path,
         with os.fdopen(fd, "r+b", buffering=0) as f:
             if offset:
                 await workers.disk.submit(_rehash_partial, f, digest, offset)
-            hashing = BackgroundHash(workers.hash, digest)
-            writer = WriteBehind(workers.disk, fd, hashing)
+            # Only a resumed prefix needs the whole-file hash (live/protocol.py).
+            hashing = BackgroundHash(workers.hash, digest) if offset else NO_HASH
+            writer = WriteBehind(workers.disk, fd, hashing, direct=not offset)
             try:
                 written, end = await _receive_data(channel, writer, item, index, offset,
                                                    offset, done, total, progress)
@@ -303,7 +308,7 @@ async def _receive_one(channel: RecordChannel, workers: FileWorkers, root: Path,
                 await writer.settle()  # no write may outlive the file
                 raise
             if not _check_end(item, written, end) \
-                    or end.get("sha256") != await hashing.hexdigest():
+                    or (offset and end.get("sha256") != await hashing.hexdigest()):
                 raise VerificationError(f"{item.name}: SHA-256 mismatch")
             os.fsync(fd)
             os.fchmod(fd, item.mode)
@@ -332,8 +337,7 @@ async def _receive_to_output(channel: RecordChannel, workers: FileWorkers, out: 
                              progress: Progress | None) -> int:
     """One file written to out as its records arrive. What is written cannot be taken
     back: a failure after the first byte says that the output is incomplete or wrong."""
-    hashing = BackgroundHash(workers.hash, hashlib.sha256())
-    writer = StreamWriteBehind(workers.disk, out, hashing)
+    writer = StreamWriteBehind(workers.disk, out, NO_HASH)  # the records verify it all
     try:
         try:
             written, end = await _receive_data(channel, writer, item, index, 0, 0, done,
@@ -356,9 +360,10 @@ async def _receive_to_output(channel: RecordChannel, workers: FileWorkers, out: 
     except TransferError as e:
         raise VerificationError(f"{e}; the {written} bytes already written to stdout are "
                                 f"incomplete") from None
-    if not complete or end.get("sha256") != await hashing.hexdigest():
-        raise VerificationError(f"{item.name}: SHA-256 mismatch; the {written} bytes "
-                                f"already written to stdout are not what was sent")
+    if not complete:
+        raise VerificationError(f"{item.name}: the stream's size does not match; the "
+                                f"{written} bytes already written to stdout are not what was "
+                                f"sent")
     return written
 
 

@@ -18,7 +18,6 @@ from contextlib import nullcontext
 from typing import Any
 
 import attrs
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
@@ -28,13 +27,17 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from relay.client.errors import ChannelClosed, RelayError, RelayTimeout
+from relay.client.http import post_bounded
 from relay.client.interrupt import Interruption
 from relay.client.live.pake import RECIPIENT, SENDER, Exchange, TrafficKeys, WrongCode
 
 # A peer's response (and so the whole PAKE) must come within this by default.
 DEFAULT_TIMEOUT = 300.0
-# Slack on each HTTP request beyond its long-poll.
+# Slack on each HTTP request beyond its long-poll: the whole answer (headers and body) must
+# come within its long-poll plus this (relay/client/http.py).
 REQUEST_SLACK = 15.0
+# The relay's answers to /join and /channel are small JSON objects (a few hundred bytes).
+MAX_ANSWER = 64 * 1024
 # The relay's answer to the staple line is one short line.
 MAX_STAPLE_ANSWER = 256
 # Bytes the peer may send before hand_off() before this side stops reading.
@@ -78,22 +81,18 @@ class ChannelAPI:
         self.http = HTTPClient(Agent(reactor, pool=pool, bindAddress=bind))
 
     async def post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        try:
-            response = await self.http.post(self.url + path, data=json.dumps(payload).encode(),
-                                            headers={b"Content-Type": [b"application/json"]},
-                                            timeout=timeout)
-            body = await treq.content(response)
-        except Exception as e:
-            if type(e).__name__ in ("CancelledError", "ResponseNeverReceived", "TimeoutError"):
-                raise RelayTimeout(f"no answer from the relay to {path}") from None
-            raise RelayError(f"cannot reach the relay for {path}: {e}") from None
+        answer = await post_bounded(
+            self.http, self.url + path, json.dumps(payload).encode(),
+            {b"Content-Type": [b"application/json"]}, timeout=timeout,
+            max_bytes=MAX_ANSWER, clock=self.reactor, what=path)
+        body = answer.body
         try:
             data = json.loads(body)
         except ValueError:
             data = None
-        if response.code != 200:
+        if answer.code != 200:
             detail = data.get("error", "") if isinstance(data, dict) else ""
-            raise RelayError(f"the relay refused {path}", response.code, str(detail)[:200])
+            raise RelayError(f"the relay refused {path}", answer.code, str(detail)[:200])
         if not isinstance(data, dict):
             raise RelayError(f"the relay's answer to {path} is not a JSON object")
         return data

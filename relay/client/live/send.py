@@ -9,7 +9,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from relay.client.errors import RecordError, RecordTimeout, TransferError
-from relay.client.live.file_io import BackgroundHash, FileWorkers, ReadAhead, StreamReadAhead
+from relay.client.live.file_io import (
+    NO_HASH,
+    BackgroundHash,
+    FileWorkers,
+    ReadAhead,
+    StreamReadAhead,
+)
 from relay.client.live.protocol import (
     _ENTRIES_PER_RECORD,
     _PEER_ERROR_WAIT,
@@ -18,6 +24,7 @@ from relay.client.live.protocol import (
     KIND_DATA,
     MAX_TEXT,
     PROTOCOL_VERSION,
+    SHA256_RESUMED_ONLY,
     STREAM_KEEPALIVE,
     UNKNOWN_TOTAL,
     Progress,
@@ -59,7 +66,8 @@ async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
     workers = FileWorkers.start(reactor, "send")
     try:
         await _sending_files(channel, workers, entries, offsets, chunk_size, total, progress,
-                             reactor, accept.get("prefixes"))
+                             reactor, accept.get("prefixes"),
+                             accept.get("sha256") != SHA256_RESUMED_ONLY)
     finally:
         workers.stop()
     await send_json(channel, {"type": "done"})
@@ -72,7 +80,8 @@ async def send_files(channel: RecordChannel, entries: list[SourceEntry], *,
 async def _sending_files(channel: RecordChannel, workers: FileWorkers,
                          entries: list[SourceEntry], offsets: list[Any], chunk_size: int,
                          total: int, progress: Progress | None, reactor: Any,
-                         prefixes: Any = None) -> None:
+                         prefixes: Any = None, hash_all: bool = True) -> None:
+    """hash_all: the recipient wants every file's SHA-256, not only resumed files'."""
     done = 0
     try:
         for index, entry in enumerate(entries):
@@ -81,13 +90,13 @@ async def _sending_files(channel: RecordChannel, workers: FileWorkers,
             if entry.is_stream:
                 int_field({"offset": offsets[index]}, "offset", 0, 0)  # never resumed
                 done = await _send_stream(channel, workers, index, entry, chunk_size, done,
-                                          progress, reactor)
+                                          progress, reactor, hash_all)
                 continue
             assert entry.size is not None
             offset = int_field({"offset": offsets[index]}, "offset", 0, entry.size)
             done += offset
             done = await _send_one(channel, workers, index, entry, offset, chunk_size, done,
-                                   total, progress, _prefix(prefixes, index))
+                                   total, progress, _prefix(prefixes, index), hash_all)
     except RecordError as e:
         if isinstance(e, RecordTimeout):
             raise
@@ -140,10 +149,13 @@ def _hash_prefix(f: Any, digest: Any, size: int, name: str) -> None:  # worker t
 
 async def _send_one(channel: RecordChannel, workers: FileWorkers, index: int,
                     entry: SourceEntry, offset: int, chunk_size: int, done: int, total: int,
-                    progress: Progress | None, their_prefix: str | None = None) -> int:
+                    progress: Progress | None, their_prefix: str | None = None,
+                    hash_all: bool = True) -> int:
     """Send one file from offset (the size of the recipient's partial file). Resuming goes
     by content: when the recipient's partial does not hash like this file's first offset
-    bytes (their_prefix), the file is sent whole (offset 0) and the recipient starts over."""
+    bytes (their_prefix), the file is sent whole (offset 0) and the recipient starts over.
+    `end` carries the whole file's SHA-256 for a resumed file, or for every file when
+    hash_all (an older recipient); the records verify the rest (live/protocol.py)."""
     assert entry.path is not None and entry.size is not None
     name = printable_name(entry.name)
     digest = hashlib.sha256()
@@ -157,7 +169,8 @@ async def _send_one(channel: RecordChannel, workers: FileWorkers, index: int,
                     offset, digest = 0, hashlib.sha256()
                     f.seek(0)
             await send_json(channel, {"type": "file", "index": index, "offset": offset})
-            hashing = BackgroundHash(workers.hash, digest)
+            with_hash = hash_all or offset > 0
+            hashing = BackgroundHash(workers.hash, digest) if with_hash else NO_HASH
             blocks = ReadAhead(workers.disk, f, hashing, offset, entry.size, chunk_size,
                                name=name)
             try:
@@ -170,17 +183,19 @@ async def _send_one(channel: RecordChannel, workers: FileWorkers, index: int,
                 await blocks.settle()  # no read may outlive the file
     except OSError as e:
         raise TransferError(f"cannot read {name}: {e.strerror}") from None
-    await send_json(channel, {"type": "end", "index": index,
-                               "sha256": await hashing.hexdigest()})
+    end: dict[str, Any] = {"type": "end", "index": index}
+    if with_hash:
+        end["sha256"] = await hashing.hexdigest()
+    await send_json(channel, end)
     return done
 
 
 async def _send_stream(channel: RecordChannel, workers: FileWorkers, index: int,
                        entry: SourceEntry, chunk_size: int, done: int,
-                       progress: Progress | None, reactor: Any) -> int:
-    """Send a stream's bytes as they are read, then `end` with their SHA-256 and count."""
+                       progress: Progress | None, reactor: Any, with_hash: bool = True) -> int:
+    """Send a stream's bytes as they are read, then `end` with their count (and SHA-256)."""
     name = printable_name(entry.name)
-    hashing = BackgroundHash(workers.hash, hashlib.sha256())
+    hashing = BackgroundHash(workers.hash, hashlib.sha256()) if with_hash else NO_HASH
     await send_json(channel, {"type": "file", "index": index, "offset": 0})
     blocks = StreamReadAhead(workers.disk, entry.stream, hashing, chunk_size)
     sent = 0
@@ -201,8 +216,10 @@ async def _send_stream(channel: RecordChannel, workers: FileWorkers, index: int,
         blocks.abandon()
         raise
     await blocks.settle()  # the reads queued after the end return at once
-    await send_json(channel, {"type": "end", "index": index, "size": sent,
-                               "sha256": await hashing.hexdigest()})
+    end: dict[str, Any] = {"type": "end", "index": index, "size": sent}
+    if with_hash:
+        end["sha256"] = await hashing.hexdigest()
+    await send_json(channel, end)
     return done
 
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import attrs
 from nacl.public import Box, PrivateKey, PublicKey
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, TimeoutError
+from twisted.internet.defer import CancelledError, DeferredLock, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 
 from relay.client.errors import FileNotFoundOnRelay, RelayError, RelayTimeout
+from relay.client.http import post_bounded
 from relay.client.mailbox import codec
 from relay.client.mailbox.pow import solve_pow_in_thread
 from relay.crypto import KEY_LEN, NONCE_LEN, TOKEN_LEN, b64encode, h2
@@ -87,51 +88,16 @@ class MailboxClient:
 
     async def _post(self, path: str, body: bytes, what: str) -> bytes:
         """POST body to the relay; the 200 body, or RelayError. Bounded in time and size."""
-        attempt = Deferred.fromCoroutine(self._post_unbounded(path, body, what))
-
-        def timed_out(_result: Any, _timeout: float) -> None:
-            # Whatever the cancelled request failed with, the cause was the timeout.
-            raise RelayTimeout(f"{what}: no answer from the relay within "
-                               f"{self.request_timeout:g} s")
-
-        attempt.addTimeout(self.request_timeout, self.clock, onTimeoutCancel=timed_out)
-        return await attempt
-
-    async def _post_unbounded(self, path: str, body: bytes, what: str) -> bytes:
-        try:
-            response = await self.http.post(
-                f"{self.base_url}/{path}", data=body,
-                headers={b"Content-Type": [b"text/plain"], b"Accept": [b"text/plain"]})
-        except (CancelledError, RelayError):
-            raise
-        except Exception as e:  # connection refused, DNS, TLS...: all "cannot reach"
-            raise RelayError(f"{what}: cannot reach the relay at {self.base_url} "
-                             f"({e.__class__.__name__})") from None
-        received: list[bytes] = []
-        size = 0
-
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > self.max_response_bytes:
-                raise RelayError(f"{what}: the relay's response is over "
-                                 f"{self.max_response_bytes} bytes")
-            received.append(data)
-
-        try:
-            await self.http.collect(response, collect)
-        except RelayError:
-            raise
-        except CancelledError:
-            raise
-        except Exception as e:
-            raise RelayError(f"{what}: the relay's response was cut off "
-                             f"({e.__class__.__name__})") from None
-        if response.code != 200:
-            details = response.headers.getRawHeaders(b"X-Error-Details", [b""])[0]
-            raise RelayError(f"{what} failed", response.code,
+        answer = await post_bounded(
+            self.http, f"{self.base_url}/{path}", body,
+            {b"Content-Type": [b"text/plain"], b"Accept": [b"text/plain"]},
+            timeout=self.request_timeout, max_bytes=self.max_response_bytes,
+            clock=self.clock, what=what)
+        if answer.code != 200:
+            details = answer.headers.getRawHeaders(b"X-Error-Details", [b""])[0]
+            raise RelayError(f"{what} failed", answer.code,
                              _printable(details.decode("latin-1")))
-        return b"".join(received)
+        return answer.body
 
     # ---- handshake -----------------------------------------------------------------------
 
