@@ -357,6 +357,11 @@ class RedisBackend:
 
     def _start(self) -> None:
         self._running = True
+        if getattr(txredisapi, "hiredis", None) is None:
+            # txredisapi's own parser is slower and, under bursts of pipelined replies, was
+            # seen to leave a connection paused until the operation timeout (500s).
+            log.warn("hiredis is not installed: Redis replies are parsed in pure Python "
+                     "(slower, and known to stall under bursts); install hiredis")
         self.pool.start()
 
     async def _stop(self) -> None:
