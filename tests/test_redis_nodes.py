@@ -16,7 +16,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import Protocol
 
-from relay.client.rendezvous import connect_recipient, start_sender
+from relay.client.live.rendezvous import connect_recipient
+from relay.client.live.session import start_live_send
 from relay.crypto import b64decode, b64encode
 from tests.redis_server import RedisServer
 from tests.relay_process import RelayProcess
@@ -146,7 +147,7 @@ async def test_any_request_on_any_node(nodes: list[RelayProcess]):
 @pytest_twisted.ensureDeferred
 async def test_rendezvous_staples_on_the_owning_node(nodes: list[RelayProcess]):
     owner, other = nodes[1], nodes[2]
-    start = await start_sender(reactor, owner.url, bind_host=PEER_A)
+    start = await start_live_send(reactor, owner.url, bind_host=PEER_A)
     # The owner (where the channel was made) names its own staple port...
     assert start.joined.staple == f"127.0.0.1:{owner.staple_port}"
     sender_d = Deferred.fromCoroutine(start.connect(timeout=30))
