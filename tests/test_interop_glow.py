@@ -208,7 +208,7 @@ def test_glow_drops(node: str, relay: GlowRelay, tmp_path: Path) -> None:
     assert max(r["chunks"] for r in result["received"]) == 3
 
     inbox = tmp_path / "alice-inbox"
-    received = _relay_cli(alice_home, relay, "receive", "--mailbox", "-o", str(inbox))
+    received = _relay_cli(alice_home, relay, "receive", "--mailbox", "-y", "-o", str(inbox))
     assert "hello from glow" in received.stdout
     got = inbox / "from glow.bin"
     assert hashlib.sha256(got.read_bytes()).hexdigest() == result["reply"]["sha256"]
