@@ -32,14 +32,14 @@ settings.load_profile("relay")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak and benchmark runs stay out of the default run: they run only when asked for
-    with `-m soak`."""
+    """Soak and benchmark runs stay out of the default run (deselected, not skipped: they
+    are not tests of the default run at all); they run only when asked for with `-m soak`."""
     if "soak" in (config.getoption("markexpr") or ""):
         return
-    skip = pytest.mark.skip(reason="a soak run: select it with -m soak")
-    for item in items:
-        if item.get_closest_marker("soak") is not None:
-            item.add_marker(skip)
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+        config.hook.pytest_deselected(items=soak)
 
 
 @pytest.fixture(autouse=True)
