@@ -40,6 +40,28 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def open_greeted_pair(address: tuple[str, int], greeting_a: str, greeting_b: str
+                      ) -> tuple[socket.socket, socket.socket]:
+    """Two connections to address, each sending its greeting line and reading "ok" (the
+    staple and the transit relay handshake alike); both closed on any failure."""
+    a = socket.create_connection(address, timeout=TIMEOUT)
+    try:
+        b = socket.create_connection(address, timeout=TIMEOUT)
+    except OSError:
+        a.close()
+        raise
+    try:
+        a.sendall(greeting_a.encode())
+        b.sendall(greeting_b.encode())
+        if read_ok(b) or read_ok(a):
+            raise RelayRefused("the relay sent bytes after ok")
+    except BaseException:
+        a.close()
+        b.close()
+        raise
+    return a, b
+
+
 def read_ok(sock: socket.socket) -> bytes:
     """Block until the relay's answer line to a staple line; the bytes read past it."""
     buffer = b""
@@ -126,22 +148,8 @@ class StapleClient:
         if self.pake_writes:
             self.pake(channel, sender["uuid"], recipient["uuid"])
         address = _address(sender["staple"])
-        a = socket.create_connection(address, timeout=TIMEOUT)
-        try:
-            b = socket.create_connection(address, timeout=TIMEOUT)
-        except OSError:
-            a.close()
-            raise
-        try:
-            a.sendall(f"staple {channel} sender {sender['uuid']}\n".encode())
-            b.sendall(f"staple {channel} recipient {recipient['uuid']}\n".encode())
-            if read_ok(b) or read_ok(a):
-                raise RelayRefused("the relay sent bytes after ok")
-        except BaseException:
-            a.close()
-            b.close()
-            raise
-        return a, b
+        return open_greeted_pair(address, f"staple {channel} sender {sender['uuid']}\n",
+                                 f"staple {channel} recipient {recipient['uuid']}\n")
 
 
 class Staple:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 
-from bench.staple_handshake import read_ok
+from bench.staple_handshake import open_greeted_pair
 
 HOST = "127.0.0.1"
 TIMEOUT = 30.0
@@ -61,18 +61,9 @@ class TransitPairs:
 
     def __call__(self) -> Pair:
         token = os.urandom(32).hex()
-        a = socket.create_connection((HOST, self.port), timeout=TIMEOUT)
-        b = socket.create_connection((HOST, self.port), timeout=TIMEOUT)
-        try:
-            a.sendall(f"please relay {token} for side {os.urandom(8).hex()}\n".encode())
-            b.sendall(f"please relay {token} for side {os.urandom(8).hex()}\n".encode())
-            if read_ok(b) or read_ok(a):
-                raise ConnectionError("the transit relay sent bytes after ok")
-        except BaseException:
-            a.close()
-            b.close()
-            raise
-        return a, b
+        return open_greeted_pair((HOST, self.port),
+                                 f"please relay {token} for side {os.urandom(8).hex()}\n",
+                                 f"please relay {token} for side {os.urandom(8).hex()}\n")
 
     def close(self) -> None:
         pass
