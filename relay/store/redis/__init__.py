@@ -78,7 +78,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relay.config import StoreConfig
-from relay.store.errors import StoreFull, StoreUnavailable
+from relay.store.errors import StoreError, StoreFull, StoreUnavailable
 from relay.store.redis.address import parse_redis_url
 from relay.store.redis.memory import RedisMemory, eviction_refusal, read_eviction_policy
 from relay.store.redis.pool import ConnectionPool
@@ -286,43 +286,76 @@ class RedisBackend:
     def register_script(self, name: str, source: str) -> None:
         self._named_scripts[name] = source
 
-    async def script(self, name_or_source: str, keys: Sequence[str | bytes],
-                     args: Sequence[Any], replicate: bool = False) -> Any:
-        source = self._named_scripts.get(name_or_source, name_or_source)
+    def _sha(self, source: str) -> str:
         sha = self._script_hashes.get(source)
         if sha is None:
-            sha = hashlib.sha1(source.encode()).hexdigest()
-            self._script_hashes[source] = sha
-        keys_and_args = [len(keys), *keys, *args]
+            sha = self._script_hashes[source] = hashlib.sha1(source.encode()).hexdigest()
+        return sha
+
+    async def script(self, name_or_source: str, keys: Sequence[str | bytes],
+                     args: Sequence[Any], replicate: bool = False) -> Any:
+        result = (await self.scripts([(name_or_source, keys, args)], replicate=replicate))[0]
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    async def scripts(self, calls: Sequence[tuple[str, Sequence[str | bytes], Sequence[Any]]],
+                      replicate: bool = False) -> list[Any]:
+        """Several scripts pipelined on one connection (one round trip), each running on its
+        own, in order. Returns their results; a script Redis refused (an error reply, e.g.
+        OOM) has the StoreError it maps to in its place, so the caller knows which ran. A
+        lost connection or the timeout raises for all (what ran is then unknown)."""
+        sources = [self._named_scripts.get(name, name) for name, _, _ in calls]
+        bodies = [[len(keys), *keys, *args] for _, keys, args in calls]
         waits = replicate and self.config.redis_wait_replicas > 0
 
-        async def evaluate(redis: Any) -> Any:
-            sent = redis.execute_command("EVALSHA", sha, *keys_and_args)
-            # WAIT goes right behind the script on the same connection: one round trip
-            # (unless one is in flight on it: the next covers this write too).
+        async def evaluate(redis: Any) -> list[Any]:
+            sent = [redis.execute_command("EVALSHA", self._sha(source), *body)
+                    for source, body in zip(sources, bodies, strict=True)]
+            # WAIT goes right behind the scripts on the same connection: one round trip
+            # (unless one is in flight on it: the next covers these writes too).
             waiting = self._replicated(redis) if waits else None
+            results: list[Any] = []
             try:
-                try:
-                    result = await sent
-                except txredisapi.ResponseError as e:
-                    if not str(e).startswith("NOSCRIPT"):
-                        raise
+                for i, pending in enumerate(sent):
+                    try:
+                        results.append(await pending)
+                        continue
+                    except txredisapi.ResponseError as e:
+                        if not str(e).startswith("NOSCRIPT"):
+                            results.append(self._refused(e))
+                            continue
                     # Redis does not know the script yet (first use, restart, SCRIPT
-                    # FLUSH); EVAL runs and caches it (and is waited for in its turn).
+                    # FLUSH); EVAL runs and caches it. Scripts behind it in the pipeline
+                    # may already have run: each is independent, so the order holds only
+                    # for the scripts of one owner, which callers never pipeline.
                     if waiting is not None:
                         waiting.addErrback(lambda failure: None)
-                    sent = redis.execute_command("EVAL", source, *keys_and_args)
+                    again = redis.execute_command("EVAL", sources[i], *bodies[i])
                     waiting = self._replicated(redis) if waits else None
-                    result = await sent
+                    try:
+                        results.append(await again)
+                    except txredisapi.ResponseError as e:
+                        results.append(self._refused(e))
             except BaseException:
+                for pending in sent[len(results) + 1:]:
+                    pending.addErrback(lambda failure: None)
                 if waiting is not None:
                     waiting.addErrback(lambda failure: None)
                 raise
             if waiting is not None:
                 await waiting
-            return result
+            return results
 
         return await self.run(evaluate)
+
+    def _refused(self, error: txredisapi.ResponseError) -> StoreError:
+        if "READONLY" in str(error):
+            # A master demoted to replica: the next call's run() drops the connection.
+            raise error
+        refused = _error_reply(error)
+        self._failed("full" if isinstance(refused, StoreFull) else "error_reply")
+        return refused
 
     async def _verify_connection(self, connection: Any) -> str | None:
         if self.sentinel is not None:
@@ -374,7 +407,7 @@ def _abort(connection: Any) -> None:
         connection.transport.abortConnection()
 
 
-def _error_reply(error: txredisapi.ResponseError) -> Exception:
+def _error_reply(error: txredisapi.ResponseError) -> StoreError:
     message = str(error)
     # With maxmemory and noeviction, Redis refuses writes (inside scripts too) with "OOM ...".
     if message.startswith("OOM") or "-OOM " in message or " OOM " in message:
