@@ -143,9 +143,10 @@ def test_prove_stale_nonce_is_400(relay):
 
 def test_prove_replayed_nonce_is_400(relay):
     first = relay.connected()
-    client = relay.client()
+    client = relay.client(identity=first.identity)
     client.start(), client.verify()
-    # The outer nonce of another client's command, already seen by the relay.
+    # The outer nonce of a command of the same identity, already seen by the relay (nonces
+    # are remembered per identity: a box opens only for the identity it was made for).
     body = first.command_body({"cmd": "count"})
     assert relay.post("command", body)[0] == 200
     used = b64decode(body.split(b"\r\n")[1].decode(), 24)

@@ -8,10 +8,9 @@ scripts name account, ledger and token keys from those), and checks each script 
 one slot, or listed in CROSS_SLOT with the reason. A new script that crosses slots fails
 here until it is tagged or listed.
 
-Today every multi-key script crosses slots: no key carries a hash tag, and the quota
-scripts charge several owners at once by design (an upload: the recipient's mailbox, the
-sender's and the client's accounts, the client's rate). See docs/performance.md (Redis and
-Cluster) for what a Cluster layout needs.
+Every key carries its owner in a hash tag (relay.store.redis.keys), and work that spans
+owners (an upload charges the sender's and the client's accounts and fills the recipient's
+mailbox) runs one script per owner, so no script crosses slots.
 """
 
 from __future__ import annotations
@@ -21,13 +20,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from relay.config import RelayConfig, StoreConfig
 from relay.store import open_store
+from relay.store.errors import StoreFull
 from relay.store.interfaces.files import FileCaps, FileRecord, PartInfo, PutRequest
-from relay.store.interfaces.mailbox import CountOp, ReadOp, StoreMessageOp
+from relay.store.interfaces.mailbox import CountOp, DeleteOp, MessageTTLOp, ReadOp, StoreMessageOp
 from relay.store.interfaces.sessions import Handshake, Session
 from relay.store.quota import MessageQuota
 from relay.store.redis import channels, files, mailbox, sessions
@@ -71,16 +72,6 @@ def test_key_slot_matches_redis_cluster():
 
 # Scripts that touch keys of several slots, and why. Each is a Cluster blocker.
 CROSS_SLOT = {
-    "sessions._FINISH": "the handshake (by token hash) and the session (by hpk)",
-    "sessions._SESSION_AND_NONCE": "the session (by hpk) and the nonce (by nonce)",
-    "sessions._PROVE": "handshake, session, nonces and the identity's mailbox",
-    "mailbox.store": "recipient's mailbox, sender's and client's accounts, client's rate, "
-                     "the message's token; releasing a replaced message's charges",
-    "mailbox.count": "the mailbox's five keys; purging expired messages releases their "
-                     "senders' and clients' accounts and deletes their tokens",
-    "mailbox.read": "as mailbox.count",
-    "mailbox.delete": "as mailbox.count",
-    "mailbox.claiming": "a command's session and nonce with the mailbox op's keys",
     "files._CREATE": "the file, the relay-wide, sender's and client's ledgers",
     "files._PUT_PART": "the file and the ledgers named in it",
     "files._DELETE": "the file and the ledgers named in it",
@@ -98,12 +89,8 @@ def script_names(store: Any) -> dict[str, str]:
             if isinstance(value, str) and "redis.call" in value:
                 names[value] = f"{prefix}.{attr}"
     names[store.sessions._prove] = "sessions._PROVE"
-    for op, source in (("store", mailbox._STORE), ("count", mailbox._COUNT),
-                       ("read", mailbox._READ), ("delete", mailbox._DELETE),
-                       ("message_ttl", mailbox._MESSAGE_TTL)):
-        names[source] = f"mailbox.{op}"
-    for source in mailbox._CLAIMING.values():
-        names[source] = "mailbox.claiming"
+    for name, source in mailbox.SCRIPTS.items():
+        names[source] = f"mailbox.{name}"
     return names
 
 
@@ -143,14 +130,15 @@ async def test_every_script_is_one_slot_or_a_listed_exception(redis_store):
     backend = store.mailbox._backend
     calls: dict[str, list[tuple[list[bytes], list[bytes]]]] = defaultdict(list)
     names = script_names(store)
-    run_script = backend.script
+    run_scripts = backend.scripts
 
-    async def recording(source: str, keys: list[Any], args: list[Any],
+    async def recording(batch: list[tuple[str, list[Any], list[Any]]],
                         replicate: bool = False) -> Any:
-        calls[names.get(source, source[:60])].append(touched(list(keys), list(args)))
-        return await run_script(source, keys, args, replicate=replicate)
+        for source, keys, args in batch:
+            calls[names.get(source, source[:60])].append(touched(list(keys), list(args)))
+        return await run_scripts(batch, replicate=replicate)
 
-    backend.script = recording
+    backend.scripts = recording  # backend.script runs one through backend.scripts
     # Every kind of store call that runs a script.
     hpk, other, key = os.urandom(32), os.urandom(32), os.urandom(32)
     session = Session(os.urandom(32), os.urandom(32))
@@ -173,7 +161,23 @@ async def test_every_script_is_one_slot_or_a_listed_exception(redis_store):
     await store.mailbox.count(other)
     await store.mailbox.read(other, 0, 5)
     await store.mailbox.message_ttl(os.urandom(32))
-    await store.mailbox.delete(other, [b"id"])
+    token = os.urandom(32)
+    await store.mailbox.store_message(other, b"id2", b"record", token, 60, quota,
+                                      sender=hpk, client="192.0.2.7/32")
+    await store.mailbox.store_message(other, b"id2", b"new", os.urandom(32), 60, quota,
+                                      sender=other, client="192.0.2.8/32")  # replaces
+    await store.mailbox.message_ttl(token)
+    await store.sessions.run_command_claiming_nonce(hpk, session, os.urandom(24), 60,
+                                                    MessageTTLOp(token))
+    await store.sessions.run_command_claiming_nonce(hpk, session, os.urandom(24), 60,
+                                                    DeleteOp(hpk, [b"id"]))
+    tight = MessageQuota(max_messages=1)
+    with pytest.raises(StoreFull):  # refused by the mailbox: the charges are undone
+        await store.mailbox.store_message(other, b"id3", b"record", os.urandom(32), 60,
+                                          tight, sender=hpk, client="192.0.2.7/32")
+    await store.sessions.finish_handshake_claiming_nonces(key, hpk, session, 60,
+                                                          [os.urandom(24)], 60)
+    await store.mailbox.delete(other, [b"id", b"id2"])
     unlimited = 10**12
     caps = FileCaps(*([unlimited] * 7))
     record = FileRecord(file_id=os.urandom(32), sender=hpk, recipient=other, file_size=100,

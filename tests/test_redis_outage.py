@@ -70,7 +70,7 @@ async def recovered(store, within: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < within:
         try:
-            await store.sessions.claim_nonce(os.urandom(24), LONG_TTL)
+            await store.sessions.claim_nonce(os.urandom(32), os.urandom(24), LONG_TTL)
             return time.monotonic() - started
         except StoreUnavailable:
             await deferLater(reactor, 0.05)
@@ -211,7 +211,7 @@ async def test_a_stalled_reactor_is_not_taken_for_a_stuck_redis(store):
     timeout while Redis's answers wait in the sockets: the calls still succeed, and the pool
     keeps its connections."""
     await a_write(store)  # connected
-    calls = [Deferred.fromCoroutine(store.sessions.claim_nonce(os.urandom(24), LONG_TTL))
+    calls = [Deferred.fromCoroutine(store.sessions.claim_nonce(os.urandom(32), os.urandom(24), LONG_TTL))
              for _ in range(40)]
     reactor.callLater(0, time.sleep, TIMEOUT + 0.6)  # blocks the reactor past the timeout
     assert await gatherResults(calls) == [True] * 40

@@ -23,6 +23,7 @@ from relay.store.redis.codec import (
     encode_handshake,
     encode_session,
 )
+from relay.store.redis.keys import KeyNames
 from tests.redis_server import RedisServer
 
 LONG_TTL = 3600.0
@@ -84,6 +85,10 @@ def test_keys_are_namespaced_and_binary_parts_encoded():
     backend = RedisBackend(StoreConfig(url="redis://127.0.0.1:1"), reactor)
     assert backend.key("mailbox", b"\x00:\xff", "order") == "relay:mailbox:ADr_:order"
     assert backend.key("token", b"") == "relay:token:"
+    names = KeyNames()
+    assert names.mailbox(b"\x00:\xff")[0] == "relay:{i.ADr_}:mbox:order"
+    assert names.client_account("2001:db8::/64")[0].startswith("relay:{c.")
+    assert "{" not in names.token(b"{}") and names.token(b"") == "relay:token:"
 
 
 @pytest_twisted.ensureDeferred
@@ -92,7 +97,7 @@ async def test_every_key_has_a_ttl(redis_store, redis_server):
     hpk = os.urandom(32)
     await sessions.put_handshake(os.urandom(32), Handshake(b"c", b"r", b"s"), LONG_TTL)
     await sessions.put_session(hpk, Session(b"sk", b"pk"), LONG_TTL)
-    await sessions.claim_nonce(os.urandom(24), LONG_TTL)
+    await sessions.claim_nonce(os.urandom(32), os.urandom(24), LONG_TTL)
     ids = [os.urandom(24) for _ in range(4)]
     quota = MessageQuota.from_config(MailboxConfig())
     charged = {"sender": os.urandom(32), "client": "192.0.2.7/32"}
@@ -101,7 +106,7 @@ async def test_every_key_has_a_ttl(redis_store, redis_server):
     await mailbox.store_message(hpk, ids[0], b"again", os.urandom(32), 60.0, quota, **charged)
     await mailbox.delete(hpk, ids[1:2])
     keys = redis_server.keys()
-    # handshake, session, nonce; mailbox; tokens; sender and client accounts; upload rate
+    # handshake, session, nonce; mailbox; token pointers; sender and client accounts; rate
     assert len(keys) == 3 + 5 + 3 + 2 + 2 + 1
     for key in keys:
         assert key.startswith(b"relay:")
@@ -115,7 +120,7 @@ async def test_mailbox_keys_live_as_long_as_the_longest_message(redis_store, red
     await mailbox.store_message(hpk, b"a" * 24, b"r", os.urandom(32), 100.0, 10)
     await mailbox.store_message(hpk, b"b" * 24, b"r", os.urandom(32), 1000.0, 10)
     for key in redis_server.keys():
-        if key.startswith(b"relay:mailbox:"):
+        if b":mbox:" in key:
             assert 990_000 < redis_server.command("PTTL", key) <= 1_000_000
     await mailbox.delete(hpk, [b"a" * 24, b"b" * 24])
     assert redis_server.keys() == []
@@ -130,7 +135,7 @@ async def test_account_keys_live_as_long_as_their_longest_charge(redis_store, re
                                 sender=sender)
     await mailbox.store_message(second, b"b" * 24, b"r", os.urandom(32), 100.0, quota,
                                 sender=sender)
-    accounts = [key for key in redis_server.keys() if key.startswith(b"relay:account:")]
+    accounts = [key for key in redis_server.keys() if b":acct:" in key]
     assert len(accounts) == 2
     for key in accounts:
         assert 990_000 < redis_server.command("PTTL", key) <= 1_000_000
@@ -181,8 +186,8 @@ async def test_connects_with_password_and_database(private_redis, via):
     store = await started(url, reactor)
     try:
         nonce = os.urandom(24)
-        assert await store.sessions.claim_nonce(nonce, LONG_TTL)
-        assert not await store.sessions.claim_nonce(nonce, LONG_TTL)
+        assert await store.sessions.claim_nonce(b"h" * 32, nonce, LONG_TTL)
+        assert not await store.sessions.claim_nonce(b"h" * 32, nonce, LONG_TTL)
         assert len(private_redis.keys(db=5)) == 1
         assert private_redis.keys(db=0) == []
     finally:
@@ -198,7 +203,7 @@ async def test_wrong_password_fails_fast(private_redis):
     store = await started(url, reactor, operation_timeout=1.0, pool_size=2)
     try:
         with pytest.raises(StoreUnavailable):
-            await store.sessions.claim_nonce(os.urandom(24), LONG_TTL)
+            await store.sessions.claim_nonce(os.urandom(32), os.urandom(24), LONG_TTL)
     finally:
         await store.service.stopService()
 

@@ -161,7 +161,9 @@ async def test_session_with_nonce_claim(store_factory):
     await sessions.put_session(hpk, session, LONG_TTL)
     assert await sessions.get_session_claiming_nonce(hpk, nonce, LONG_TTL) == (session, True)
     assert await sessions.get_session_claiming_nonce(hpk, nonce, LONG_TTL) == (session, False)
-    assert await sessions.claim_nonce(nonce, LONG_TTL) is False
+    assert await sessions.claim_nonce(hpk, nonce, LONG_TTL) is False
+    # Nonces are per identity (a box opens only for the identity it was made for).
+    assert await sessions.claim_nonce(random_key(), nonce, LONG_TTL) is True
 
 
 @pytest_twisted.ensureDeferred
@@ -177,28 +179,28 @@ async def test_claimed_nonce_is_forgotten_after_its_ttl(store_factory, store_sle
 @pytest_twisted.ensureDeferred
 async def test_claim_nonce_rejects_replays(store_factory):
     sessions = store_factory.sessions
-    nonce = os.urandom(24)
-    assert await sessions.claim_nonce(nonce, LONG_TTL) is True
-    assert await sessions.claim_nonce(nonce, LONG_TTL) is False
-    assert await sessions.claim_nonce(os.urandom(24), LONG_TTL) is True
+    hpk, nonce = random_key(), os.urandom(24)
+    assert await sessions.claim_nonce(hpk, nonce, LONG_TTL) is True
+    assert await sessions.claim_nonce(hpk, nonce, LONG_TTL) is False
+    assert await sessions.claim_nonce(hpk, os.urandom(24), LONG_TTL) is True
 
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_claims_of_one_nonce_succeed_once(store_factory):
     sessions = store_factory.sessions
-    nonce = os.urandom(24)
-    results = await both(*(sessions.claim_nonce(nonce, LONG_TTL) for _ in range(8)))
+    hpk, nonce = random_key(), os.urandom(24)
+    results = await both(*(sessions.claim_nonce(hpk, nonce, LONG_TTL) for _ in range(8)))
     assert results.count(True) == 1
 
 
 @pytest_twisted.ensureDeferred
 async def test_claimed_nonce_is_free_again_after_its_ttl(store_factory, store_sleep):
     sessions = store_factory.sessions
-    nonce = os.urandom(24)
-    assert await sessions.claim_nonce(nonce, SHORT_TTL) is True
-    assert await sessions.claim_nonce(nonce, SHORT_TTL) is False
+    hpk, nonce = random_key(), os.urandom(24)
+    assert await sessions.claim_nonce(hpk, nonce, SHORT_TTL) is True
+    assert await sessions.claim_nonce(hpk, nonce, SHORT_TTL) is False
     await store_sleep(PAST_SHORT_TTL)
-    assert await sessions.claim_nonce(nonce, SHORT_TTL) is True
+    assert await sessions.claim_nonce(hpk, nonce, SHORT_TTL) is True
 
 
 # -- mailbox ----------------------------------------------------------------------------------
@@ -430,11 +432,11 @@ async def test_command_claiming_nonce_refuses_replays_and_other_sessions(store_f
     assert (await run(hpk, session, nonce, LONG_TTL, upload(b"a")))[0] is Claim.DONE
     # The nonce is taken now, whichever way it is claimed next; a replay runs nothing.
     assert await run(hpk, session, nonce, LONG_TTL, upload(b"b")) == (Claim.REPLAYED, None)
-    assert await sessions.claim_nonce(nonce, LONG_TTL) is False
+    assert await sessions.claim_nonce(hpk, nonce, LONG_TTL) is False
     assert await sessions.get_session_claiming_nonce(hpk, nonce, LONG_TTL) == (session, False)
     assert await mailbox.read(hpk, 0, 10) == [b"record"]
     claimed = os.urandom(24)
-    assert await sessions.claim_nonce(claimed, LONG_TTL) is True
+    assert await sessions.claim_nonce(hpk, claimed, LONG_TTL) is True
     assert await run(hpk, session, claimed, LONG_TTL, CountOp(hpk)) == (Claim.REPLAYED, None)
 
 
@@ -479,7 +481,7 @@ async def test_finish_handshake_claiming_nonces(store_factory):
     await mailbox.store_message(hpk, b"id", b"record", os.urandom(32), LONG_TTL, 10)
     session = Session(os.urandom(32), os.urandom(32))
     seen = os.urandom(24)
-    assert await sessions.claim_nonce(seen, LONG_TTL) is True
+    assert await sessions.claim_nonce(hpk, seen, LONG_TTL) is True
     finish = sessions.finish_handshake_claiming_nonces
     # A replayed nonce finishes nothing: the handshake stays for a proper /prove.
     assert await finish(key, hpk, session, LONG_TTL, [os.urandom(24), seen], LONG_TTL) \
@@ -489,7 +491,7 @@ async def test_finish_handshake_claiming_nonces(store_factory):
     assert await finish(key, hpk, session, LONG_TTL, nonces, LONG_TTL) == (Claim.DONE, 1)
     assert await sessions.get_session(hpk) == session
     assert await sessions.get_handshake(key) is None
-    assert all([not await sessions.claim_nonce(n, LONG_TTL) for n in nonces])
+    assert all([not await sessions.claim_nonce(hpk, n, LONG_TTL) for n in nonces])
     assert await finish(key, hpk, session, LONG_TTL, [os.urandom(24)], LONG_TTL) \
         == (Claim.GONE, 0)
 

@@ -26,8 +26,3 @@ class NonceGuard:
     def check_time(self, nonce: bytes) -> None:
         if not nonce_is_fresh(nonce, self.clock.seconds(), self.config.max_nonce_diff):
             raise bad_request("nonce timestamp outside the accepted window")
-
-    async def check(self, nonce: bytes) -> None:
-        self.check_time(nonce)
-        if not await self.store.sessions.claim_nonce(nonce, self.remember_for):
-            raise bad_request("nonce replayed")

@@ -69,8 +69,12 @@ class SessionStore(Protocol):
         """hpk's session, and whether nonce was fresh (it is claimed now, as claim_nonce
         does, but only when there is a session). One round trip: /command's hot path."""
 
-    async def claim_nonce(self, nonce: bytes, ttl: float) -> bool:
-        """True if nonce was not seen within ttl (and remember it); False for a replay."""
+    async def claim_nonce(self, hpk: bytes, nonce: bytes, ttl: float) -> bool:
+        """True if nonce was not seen within ttl in a box of hpk's (and remember it); False
+        for a replay. Nonces are remembered per identity: a box opens only with keys of the
+        identity it was made for (its session's or its own), so it can be replayed only to
+        that identity, and its nonces live with the identity's other keys (one Redis
+        Cluster slot)."""
 
     async def run_command_claiming_nonce(self, hpk: bytes, session: Session, nonce: bytes,
                                          nonce_ttl: float, op: MailboxOp | None
@@ -87,8 +91,9 @@ class SessionStore(Protocol):
                                                nonce_ttl: float,
                                                expected: Handshake | None = None
                                                ) -> tuple[Claim, int]:
-        """/prove's store work in one round trip: claim every nonce; if all were fresh,
+        """/prove's store work: claim every nonce (hpk's); if all were fresh,
         finish_handshake(key, hpk, session, ttl) and return (DONE, messages in hpk's
-        mailbox). (REPLAYED, 0) if a nonce was seen (the handshake is kept); (GONE, 0) if the
+        mailbox). (REPLAYED, 0) if a nonce was seen (the handshake is kept, no nonce claimed);
+        (GONE, 0) if the
         handshake was already used, or, with `expected`, is not that one (then nothing is
         done, no nonce claimed)."""

@@ -30,7 +30,7 @@ class MemorySessionStore:
         self.max_handshakes = max_handshakes
         self.handshakes: ExpiringMap[bytes, Handshake] = ExpiringMap(seconds)
         self.sessions: ExpiringMap[bytes, Session] = ExpiringMap(seconds)
-        self.nonces: ExpiringMap[bytes, bool] = ExpiringMap(seconds)
+        self.nonces: ExpiringMap[tuple[bytes, bytes], bool] = ExpiringMap(seconds)
 
     async def put_handshake(self, key: bytes, handshake: Handshake, ttl: float) -> None:
         if len(self.handshakes) >= self.max_handshakes and self.handshakes.get(key) is None:
@@ -67,17 +67,17 @@ class MemorySessionStore:
         session = self.sessions.get(hpk)
         if session is None:
             return None, False
-        return session, self.nonces.add_if_absent(nonce, True, nonce_ttl)
+        return session, self.nonces.add_if_absent((hpk, nonce), True, nonce_ttl)
 
-    async def claim_nonce(self, nonce: bytes, ttl: float) -> bool:
-        return self.nonces.add_if_absent(nonce, True, ttl)
+    async def claim_nonce(self, hpk: bytes, nonce: bytes, ttl: float) -> bool:
+        return self.nonces.add_if_absent((hpk, nonce), True, ttl)
 
     async def run_command_claiming_nonce(self, hpk: bytes, session: Session, nonce: bytes,
                                          nonce_ttl: float, op: MailboxOp | None
                                          ) -> tuple[Claim, Any]:
         if self.sessions.get(hpk) != session:
             return Claim.NO_SESSION, None
-        if not self.nonces.add_if_absent(nonce, True, nonce_ttl):
+        if not self.nonces.add_if_absent((hpk, nonce), True, nonce_ttl):
             return Claim.REPLAYED, None
         return Claim.DONE, await self._run(op)
 
@@ -108,9 +108,10 @@ class MemorySessionStore:
                                                ) -> tuple[Claim, int]:
         if expected is not None and self.handshakes.get(key) != expected:
             return Claim.GONE, 0
-        fresh = [self.nonces.add_if_absent(nonce, True, nonce_ttl) for nonce in nonces]
-        if not all(fresh):
-            return Claim.REPLAYED, 0
+        if any(self.nonces.get((hpk, nonce)) for nonce in nonces):
+            return Claim.REPLAYED, 0  # nothing claimed
+        for nonce in nonces:
+            self.nonces.add_if_absent((hpk, nonce), True, nonce_ttl)
         if not await self.finish_handshake(key, hpk, session, ttl):
             return Claim.GONE, 0
         return Claim.DONE, await self._run(CountOp(hpk))

@@ -11,7 +11,7 @@ all the same). So every key carries its owner in a `{hash tag}`:
     relay:{f.<file_id>}:...  a file: its record and, with chunk_store = "store", its chunks
     relay:{all}:...          the relay-wide file ledger and channel index
 and single keys that need no tag: handshakes (by token hash), token pointers (messageStatus),
-the standalone nonce cache, channels and their hit counters.
+channels and their hit counters.
 
 Owners are base64url-encoded without padding (tags never hold "{", "}" or ":").
 Work that charges several owners (an upload charges the sender's and the client's accounts
@@ -125,11 +125,6 @@ class KeyNames:
     def token(token: bytes) -> str:
         """messageStatus's pointer: token -> the mailbox and message id it names."""
         return f"{PREFIX}:token:{b64(token)}"
-
-    @staticmethod
-    def lone_nonce(nonce: bytes) -> str:
-        """A nonce claimed without an identity (SessionStore.claim_nonce)."""
-        return f"{PREFIX}:nonce:{b64(nonce)}"
 
     @staticmethod
     def channel(name: str) -> str:
