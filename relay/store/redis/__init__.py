@@ -71,7 +71,13 @@ import txredisapi
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -174,11 +180,20 @@ class RedisBackend:
         started = time.monotonic()
         call = _Call()
         self.pending_calls += 1
-        attempt = Deferred.fromCoroutine(self._call(fn, call, replicate))
-        call.due = self.clock.seconds() + self.config.operation_timeout
-        call.timer = self.clock.callLater(self.config.operation_timeout, self._time_out,
-                                          attempt, call)
         try:
+            connection = self.pool.pick()
+            if connection is not None and not (replicate and self.config.redis_wait_replicas):
+                # The hot path: a live connection at hand, no WAIT; no coroutine of our own.
+                call.connection = connection
+                attempt = fn(connection)
+                if not isinstance(attempt, Deferred):
+                    attempt = (Deferred.fromCoroutine(attempt) if hasattr(attempt, "__await__")
+                               else succeed(attempt))
+            else:
+                attempt = Deferred.fromCoroutine(self._call(fn, call, replicate))
+            call.due = self.clock.seconds() + self.config.operation_timeout
+            call.timer = self.clock.callLater(self.config.operation_timeout, self._time_out,
+                                              attempt, call)
             return await attempt
         except CancelledError:
             if call.timed_out:
@@ -204,7 +219,7 @@ class RedisBackend:
             self.pending_calls -= 1
             self.calls += 1
             self.call_seconds += time.monotonic() - started
-            if call.timer.active():
+            if call.timer is not None and call.timer.active():
                 call.timer.cancel()
 
     async def _call(self, fn: Callable[[Any], Any], call: _Call, replicate: bool) -> Any:
@@ -309,45 +324,60 @@ class RedisBackend:
         bodies = [[len(keys), *keys, *args] for _, keys, args in calls]
         waits = replicate and self.config.redis_wait_replicas > 0
 
-        async def evaluate(redis: Any) -> list[Any]:
-            sent = [redis.execute_command("EVALSHA", self._sha(source), *body)
+        commands = [["EVALSHA", self._sha(source), *body]
                     for source, body in zip(sources, bodies, strict=True)]
+
+        def evaluate(redis: Any) -> Deferred:
+            sent = redis.execute_batch(commands)
             # WAIT goes right behind the scripts on the same connection: one round trip
             # (unless one is in flight on it: the next covers these writes too).
             waiting = self._replicated(redis) if waits else None
-            results: list[Any] = []
-            try:
-                for i, pending in enumerate(sent):
-                    try:
-                        results.append(await pending)
-                        continue
-                    except txredisapi.ResponseError as e:
-                        if not str(e).startswith("NOSCRIPT"):
-                            results.append(self._refused(e))
-                            continue
-                    # Redis does not know the script yet (first use, restart, SCRIPT
-                    # FLUSH); EVAL runs and caches it. Scripts behind it in the pipeline
-                    # may already have run: each is independent, so the order holds only
-                    # for the scripts of one owner, which callers never pipeline.
-                    if waiting is not None:
-                        waiting.addErrback(lambda failure: None)
-                    again = redis.execute_command("EVAL", sources[i], *bodies[i])
-                    waiting = self._replicated(redis) if waits else None
-                    try:
-                        results.append(await again)
-                    except txredisapi.ResponseError as e:
-                        results.append(self._refused(e))
-            except BaseException:
-                for pending in sent[len(results) + 1:]:
-                    pending.addErrback(lambda failure: None)
-                if waiting is not None:
-                    waiting.addErrback(lambda failure: None)
-                raise
-            if waiting is not None:
-                await waiting
-            return results
+            if waiting is None:
+                return sent.addCallback(self._plain_results, redis, sources, bodies)
+            return Deferred.fromCoroutine(self._settle(redis, sent, sources, bodies, waiting))
 
         return await self.run(evaluate)
+
+    def _plain_results(self, results: list[Any], redis: Any, sources: list[str],
+                       bodies: list[list[Any]]) -> Any:
+        for result in results:
+            if isinstance(result, Exception):
+                return Deferred.fromCoroutine(
+                    self._settle(redis, succeed(results), sources, bodies, None))
+        return results
+
+    async def _settle(self, redis: Any, sent: Deferred, sources: list[str],
+                      bodies: list[list[Any]], waiting: Deferred | None) -> list[Any]:
+        """A batch's results once an error reply or a WAIT is involved."""
+        waits = waiting is not None
+        try:
+            results = await sent
+            for i, result in enumerate(results):
+                if not isinstance(result, Exception):
+                    continue
+                if not isinstance(result, txredisapi.ResponseError):
+                    raise result  # the connection was lost
+                if not str(result).startswith("NOSCRIPT"):
+                    results[i] = self._refused(result)
+                    continue
+                # Redis does not know the script yet (first use, restart, SCRIPT FLUSH);
+                # EVAL runs and caches it. Scripts behind it in the batch have run already:
+                # each is independent (callers batch only scripts of different owners).
+                if waiting is not None:
+                    waiting.addErrback(lambda failure: None)
+                again = redis.execute_command("EVAL", sources[i], *bodies[i])
+                waiting = self._replicated(redis) if waits else None
+                try:
+                    results[i] = await again
+                except txredisapi.ResponseError as e:
+                    results[i] = self._refused(e)
+        except BaseException:
+            if waiting is not None:
+                waiting.addErrback(lambda failure: None)
+            raise
+        if waiting is not None:
+            await waiting
+        return results
 
     def _refused(self, error: txredisapi.ResponseError) -> StoreError:
         if "READONLY" in str(error):

@@ -76,8 +76,8 @@ class KeyNames:
     def mailbox(self, hpk: bytes) -> list[str]:
         """order, expiry, records, tokens, size (relay.store.redis.mailbox)."""
         prefix = self.identity(hpk)
-        return [f"{prefix}:mbox:{part}" for part in ("order", "expiry", "records", "tokens",
-                                                      "size")]
+        return [prefix + ":mbox:order", prefix + ":mbox:expiry", prefix + ":mbox:records",
+                prefix + ":mbox:tokens", prefix + ":mbox:size"]
 
     def sender_account(self, hpk: bytes) -> list[str]:
         prefix = self.identity(hpk)

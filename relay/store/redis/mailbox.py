@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from base64 import urlsafe_b64decode
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -444,15 +443,6 @@ class ClaimArgs:
                                                      ttl_ms(self.nonce_ttl)]
 
 
-@attrs.frozen
-class _Charge:
-    """A charge made by an upload, to undo if a later step refuses."""
-
-    keys: list[str]
-    member: bytes
-    replaced: list[Any]  # [size, deadline] it replaced (None: none), [window, bytes]
-
-
 def _status(reply: Any) -> int:
     return reply[0] if isinstance(reply, list) else -1
 
@@ -522,7 +512,8 @@ class RedisMailboxStore:
         reply = await self._backend.script(SCRIPTS[name], keys, args)
         if reply[0] != DONE:
             return CLAIM_RESULTS[reply[0]], None
-        await self._release(hpk, reply[2])
+        if reply[2]:
+            await self._release(hpk, reply[2])
         return Claim.DONE, reply[1]
 
     def _member(self, hpk: bytes, msg_id: bytes) -> bytes:
@@ -530,63 +521,74 @@ class RedisMailboxStore:
 
     async def _store(self, op: StoreMessageOp, claim: ClaimArgs | None) -> tuple[Claim, None]:
         quota = as_quota(op.quota)
-        size = len(op.record) + OVERHEAD
+        record = op.record
+        size = len(record) + OVERHEAD
         # Redis's own memory first: refused while it is nearly full (relay.store.redis.memory).
         self._backend.memory.check(size)
+        names, sender, client = self.names, op.sender, op.client
         member, ttl = self._member(op.hpk, op.msg_id), ttl_ms(op.ttl)
-        names = self.names
-        # First round trip: the sender's slot (claim, charge) and the client's.
-        calls: list[tuple[str, list[Any], list[Any], list[str] | None]] = []
+        # First round trip: the sender's slot (claim, charge) and the client's. `accounts`
+        # names, per script, the account it charges (None: none), to undo the charge.
+        calls: list[tuple[str, list[Any], list[Any]]] = []
+        accounts: list[list[str] | None] = []
         sender_args = [member, ttl, size, quota.sender_max_messages, quota.sender_max_bytes]
         sender_charged = False
         if claim is not None:
             claim_keys, claim_args = claim.keys_and_args()
-            if op.sender and names.session(op.sender) == claim.session_key:
-                account = names.sender_account(op.sender)
-                calls.append((SCRIPTS["claim_sender"], [*claim_keys, *account],
-                              [*claim_args, *sender_args], account))
+            if sender and names.session(sender) == claim.session_key:
+                account = names.sender_account(sender)
+                calls.append((SCRIPTS["claim_sender"], claim_keys + account,
+                              claim_args + sender_args))
+                accounts.append(account)
                 sender_charged = True
             else:
-                calls.append((SCRIPTS["claim"], claim_keys, claim_args, None))
-        if op.sender and not sender_charged:
-            account = names.sender_account(op.sender)
-            calls.append((SCRIPTS["sender"], account, sender_args, account))
-        if op.client:
-            account = [*names.client_account(op.client), names.client_rate(op.client)]
+                calls.append((SCRIPTS["claim"], claim_keys, claim_args))
+                accounts.append(None)
+        if sender and not sender_charged:
+            account = names.sender_account(sender)
+            calls.append((SCRIPTS["sender"], account, sender_args))
+            accounts.append(account)
+        if client:
+            account = names.client_account(client) + [names.client_rate(client)]
             calls.append((SCRIPTS["client"], account,
                           [member, ttl, size, quota.client_max_messages,
-                           quota.client_max_bytes, len(op.record), quota.client_upload_bytes,
-                           ttl_ms(quota.client_upload_window)], account))
-        replies = await self._backend.scripts([c[:3] for c in calls]) if calls else []
-        charges = [_Charge(call[3], member, reply[3])
-                   for call, reply in zip(calls, replies, strict=True)
-                   if call[3] is not None and _status(reply) == DONE]
+                           quota.client_max_bytes, len(record), quota.client_upload_bytes,
+                           ttl_ms(quota.client_upload_window)]))
+            accounts.append(account)
+        charges: list[tuple[list[str], list[Any]]] = []
         claimed, refusal = Claim.DONE, None
-        for reply in replies:
-            if isinstance(reply, StoreError):
-                refusal = refusal or reply
-            elif reply[0] in CLAIM_RESULTS and reply[0] != DONE:
-                claimed = CLAIM_RESULTS[reply[0]]
-            elif reply[0] != DONE:
-                refusal = refusal or _refusal(reply[0])
-        if claimed is not Claim.DONE or refusal is not None:
-            await self._undo(charges)
-            if claimed is not Claim.DONE:
-                return claimed, None
-            raise refusal  # type: ignore[misc]
+        if calls:
+            for account, reply in zip(accounts, await self._backend.scripts(calls),
+                                      strict=True):
+                if type(reply) is not list:
+                    refusal = refusal or reply
+                elif reply[0] == DONE:
+                    if account is not None:
+                        charges.append((account, reply[3]))
+                elif reply[0] in CLAIM_RESULTS:
+                    claimed = CLAIM_RESULTS[reply[0]]
+                else:
+                    refusal = refusal or _refusal(reply[0])
+            if claimed is not Claim.DONE or refusal is not None:
+                if charges:
+                    await self._undo(member, charges)
+                if claimed is not Claim.DONE:
+                    return claimed, None
+                raise refusal  # type: ignore[misc]
         # Then the recipient's mailbox, with the token pointer behind it.
-        sender = b64(op.sender) if op.sender else ""
         stored, _ = await self._backend.scripts([
             (SCRIPTS["store"], names.mailbox(op.hpk),
-             [op.msg_id, op.record, ttl, quota.max_messages, quota.mailbox_max_bytes,
-              b64(op.token), sender, op.client]),
+             [op.msg_id, record, ttl, quota.max_messages, quota.mailbox_max_bytes,
+              b64(op.token), b64(sender) if sender else "", client]),
             (SCRIPTS["set_px"], [names.token(op.token)],
              [b64(op.hpk).encode() + b"\n" + op.msg_id, ttl])], replicate=True)
-        if isinstance(stored, StoreError) or stored[0] != DONE:
-            await self._undo(charges)
+        if type(stored) is not list or stored[0] != DONE:
+            if charges:
+                await self._undo(member, charges)
             raise stored if isinstance(stored, StoreError) else _refusal(stored[0])
         self._backend.memory.written(size)
-        await self._release(op.hpk, stored[2])
+        if stored[2]:
+            await self._release(op.hpk, stored[2])
         return Claim.DONE, None
 
     async def _message_ttl(self, token: bytes, claim: ClaimArgs | None) -> tuple[Claim, int]:
@@ -611,19 +613,15 @@ class RedisMailboxStore:
 
     # -- undoing and releasing charges ------------------------------------------------------
 
-    async def _undo(self, charges: Sequence[_Charge]) -> None:
-        """Undo the charges of an upload that a later step refused (best effort: a charge
-        left behind lapses at its deadline)."""
-        if not charges:
-            return
+    async def _undo(self, member: bytes, charges: list[tuple[list[str], list[Any]]]) -> None:
+        """Undo an upload's charges (account keys, what its script returned: the size and
+        deadline it replaced, then the rate's window and bytes) after a later step refused;
+        best effort: a charge left behind lapses at its deadline."""
         calls = []
-        for charge in charges:
-            size, deadline, *rate = charge.replaced + [None] * (2 - len(charge.replaced))
-            args = [charge.member, b"" if size is None else size,
-                    b"" if deadline is None else deadline]
-            if rate and rate[0] is not None:
-                args += rate[:2]
-            calls.append((SCRIPTS["undo"], charge.keys, args))
+        for keys, replaced in charges:
+            size, deadline = replaced[0], replaced[1]
+            args = [member, b"" if size is None else size, b"" if deadline is None else deadline]
+            calls.append((SCRIPTS["undo"], keys, args + replaced[2:4]))
         await self._best_effort(calls, "undo an upload's charges")
 
     async def _release(self, hpk: bytes, removed: list[Any]) -> None:
