@@ -55,6 +55,11 @@ async def test_readiness_follows_redis_from_a_start_without_it(tmp_path):
         _, samples = await scrape(admin)
         assert value(samples, "relay_store_up") == 1
         assert value(samples, "relay_store_calls_total") >= 1
+        # Every finished call is in the latency histogram.
+        assert value(samples, "relay_store_call_duration_seconds_count") == \
+            value(samples, "relay_store_calls_total")
+        assert value(samples, "relay_store_call_duration_seconds_bucket", le="+Inf") == \
+            value(samples, "relay_store_calls_total")
         assert value(samples, "relay_store_errors_total", kind="unreachable") >= 1
         redis.stop()
         await wait_for_status(admin + "/readyz", 503)

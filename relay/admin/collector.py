@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from relay import __version__
 from relay.admin.requests import BUCKETS, RequestStats
 from relay.store import Store
+from relay.store.redis import CALL_BUCKETS
 from relay.usage import UsageLog
 
 # usage snapshot key -> (metric name, help). Gauges: what is held or open right now.
@@ -102,11 +103,8 @@ class RelayCollector(Collector):
                                         "request's arrival to its answer, by endpoint",
                                         labels=["endpoint"])
         for endpoint, counts in stats.latency_buckets.items():
-            cumulative, buckets = 0, []
-            for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
-                cumulative += count
-                buckets.append((_bound(bound), cumulative))
-            if cumulative:
+            buckets = _cumulative(BUCKETS, counts)
+            if buckets[-1][1]:
                 latency.add_metric([endpoint], buckets, stats.latency_sums[endpoint])
         yield latency
 
@@ -161,11 +159,27 @@ class RelayCollector(Collector):
         yield CounterMetricFamily("relay_store_call_seconds", "Seconds spent in Redis calls "
                                   "(divide by relay_store_calls_total for the mean latency)",
                                   value=backend.call_seconds)
+        latency = HistogramMetricFamily("relay_store_call_duration_seconds", "Redis calls by "
+                                        "duration (a call: one or more scripts or commands "
+                                        "sent together, waiting for a connection included)")
+        latency.add_metric([], _cumulative(CALL_BUCKETS, backend.call_buckets),
+                           backend.call_seconds)
+        yield latency
         errors = CounterMetricFamily("relay_store_errors", "Redis calls that failed, by kind",
                                      labels=["kind"])
         for kind, n in sorted(backend.call_errors.items()):
             errors.add_metric([kind], n)
         yield errors
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    """Prometheus buckets (upper bound, cumulative count) from per-bucket counts, the last
+    count being the calls above every bound."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append((_bound(bound), cumulative))
+    return buckets
 
 
 def _bound(bound: float) -> str:

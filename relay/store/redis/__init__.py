@@ -64,6 +64,7 @@ import sys
 import time
 import weakref
 from base64 import urlsafe_b64encode
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,6 +100,11 @@ log = Logger(namespace="relay.store")
 _CONNECTION_ERRORS = (txredisapi.ConnectionError, txredisapi.InvalidResponse,
                       txredisapi.InvalidData, net_error.ConnectionClosed,
                       net_error.ConnectError)
+
+
+# Upper bounds (seconds) of the store latency histogram (relay_store_call_duration_seconds).
+CALL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0)
 
 
 # When an operation's timer fires this much later than it was due, the reactor itself was
@@ -155,6 +161,8 @@ class RedisBackend:
         # For metrics (relay.admin): calls finished, their seconds, failures by kind.
         self.calls = 0
         self.call_seconds = 0.0
+        # Calls by duration: one count per CALL_BUCKETS bound, then one for longer ones.
+        self.call_buckets = [0] * (len(CALL_BUCKETS) + 1)
         self.call_errors: dict[str, int] = {}
         self._running = False
         self._named_scripts: dict[str, str] = {}
@@ -218,7 +226,9 @@ class RedisBackend:
         finally:
             self.pending_calls -= 1
             self.calls += 1
-            self.call_seconds += time.monotonic() - started
+            elapsed = time.monotonic() - started
+            self.call_seconds += elapsed
+            self.call_buckets[bisect_left(CALL_BUCKETS, elapsed)] += 1
             if call.timer is not None and call.timer.active():
                 call.timer.cancel()
 
