@@ -35,6 +35,16 @@ channels.py) takes the backend and uses only this API:
     ``now_ms()`` (Redis's clock, the one key TTLs run on). ``replicate`` as for ``run``; the
     WAIT is pipelined right behind the script (no extra round trip).
 
+``await backend.scripts([(name_or_source, keys, args), ...], replicate=False)``
+    Several scripts pipelined on one connection: one write, one round trip. Each runs on its
+    own (Redis does not run them as one); the list of their results comes back in order,
+    with the StoreError an error reply maps to (e.g. StoreFull for OOM) in the place of a
+    script Redis refused, so the caller knows which ran and can undo the others. A lost
+    connection or the timeout raises for all. Batch only scripts of different owners.
+
+Key names: ``relay.store.redis.keys.KeyNames`` names every key with its owner's hash tag, so
+that each script touches keys of one Redis Cluster slot (tests/test_redis_keys.py checks).
+
 ``backend.clock``
     The reactor the backend was built with (timeouts; it also makes the connections).
 
