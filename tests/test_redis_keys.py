@@ -82,8 +82,6 @@ CROSS_SLOT = {
     "mailbox.read": "as mailbox.count",
     "mailbox.delete": "as mailbox.count",
     "mailbox.claiming": "a command's session and nonce with the mailbox op's keys",
-    "channels._CREATE": "the channel, the relay-wide index, the client's set",
-    "channels._REPLACE": "the channel, the relay-wide index, the client's set",
 }
 
 
@@ -192,6 +190,9 @@ async def test_every_script_is_one_slot_or_a_listed_exception(redis_store):
     await store.channels.create("audit", b"record", 60, 100, client="192.0.2.7/32",
                                 max_per_client=10)
     await store.channels.replace("audit", 1, b"record", 60, client="192.0.2.7/32")
+    await store.channels.create("audit", b"record", 60, 100, client="192.0.2.7/32",
+                                max_per_client=10)  # open already: taken
+    await store.channels.replace("audit", 2, b"", 0, client="192.0.2.7/32")
     await store.channels.count_hit("audit-hits", 1.0)
 
     unlisted = {}
