@@ -1,9 +1,26 @@
-"""Rendezvous channels in Redis: a hash {v: version, d: record} per channel, an index of open
-channels (a sorted set by deadline) for the cap, one such set per creating client for its
-share, per-client join counters, and a pub/sub topic that carries the name of every changed
-channel (relay.store.redis.pubsub subscribes to it).
+"""Rendezvous channels in Redis, each key in its owner's hash slot (relay.store.redis.keys):
 
-Creation and compare-and-set are Lua scripts, so nodes sharing the Redis never race.
+    relay:channel:<name>             HASH {v: version, d: record}, expiring with the channel
+    relay:{all}:channels             ZSET name -> deadline (ms): the open channels, for the cap
+    relay:{c.<client>}:channels      ZSET name -> deadline: those a client created, for its
+                                     share
+    relay:channel-hits:<key>:<window>  per-client join counters
+and a pub/sub topic (not a key: relay.channel-changes:db<n>) that carries the name of every
+changed channel (relay.store.redis.pubsub subscribes to it).
+
+Every script touches one owner's keys (Redis Cluster runs nothing else), so a change that
+involves several is a few steps, in order, each undone when a later one refuses:
+- create: the name is counted in the client's set and in the index (their caps checked;
+  one round trip for the two), then the channel is created; a refusal, a name that is open
+  already or a channel that exists removes what was counted (2 round trips, 3 undoing).
+- replace: the channel's compare-and-set, then the index and the client's set follow its
+  new deadline, or drop it when deleted (2 round trips); the index's step publishes the
+  notice, so that it never overtakes the writer's own answer (the rendezvous registry
+  hands its own change to this node's waiters without a read, and reads for notices of
+  versions it does not know yet). A crash between the steps loses the notice: other nodes'
+  long-polls then answer at their timeout.
+The sets are trimmed by deadline whenever they are counted, so a step left undone by a
+crash lapses with the channel's TTL.
 """
 
 from __future__ import annotations
@@ -11,60 +28,68 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from relay.store.errors import StoreFull
+from twisted.logger import Logger
+
+from relay.store.errors import StoreError, StoreFull
 from relay.store.interfaces.channels import ClientChannelsFull
+from relay.store.redis.keys import PREFIX, KeyNames
 from relay.store.redis.pubsub import RedisChangeFeed
 from relay.store.redis.scripting import PRELUDE
 
-# KEYS: channel, index, the client's set. ARGV: name, record, ttl ms, max channels,
-# max per client (0: none), "1" if the channel is counted for a client.
-_CREATE = PRELUDE + """
+log = Logger(namespace="relay.store.redis")
+
+# KEYS: a set (the index or a client's). ARGV: name, ttl ms, cap (0: none).
+# Returns {1, deadline} (counted), {0} (counted already) or {-1} (the cap is reached).
+_COUNT = PRELUDE + """
 local now = now_ms()
-local ttl = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {0} end
+local cap = tonumber(ARGV[3])
+if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return {-1} end
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return {1, now + ttl}
+"""
+
+# KEYS: the channel. ARGV: record, deadline (ms). Returns 1 (created) or 0 (it exists).
+_CREATE = PRELUDE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local per_client = tonumber(ARGV[5])
-if ARGV[6] == '1' and per_client > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= per_client then return -2 end
-end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
-redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
-if ARGV[6] == '1' then
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
-  if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
-end
+redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], math.max(tonumber(ARGV[2]), now_ms() + 1))
 return 1
 """
 
-# KEYS: channel, index, the client's set, the change topic. ARGV: name, version, record,
-# ttl ms (<= 0: delete), "1" if the channel is counted for a client. Publishes
-# "<name> <new version>", or "<name>" when deleted.
+# KEYS: the channel. ARGV: version, record, ttl ms (<= 0: delete). Returns {1, the new
+# deadline (0: deleted)} or {0} (another version).
 _REPLACE = PRELUDE + """
 local v = redis.call('HGET', KEYS[1], 'v')
-if not v or tonumber(v) ~= tonumber(ARGV[2]) then return 0 end
-local ttl = tonumber(ARGV[4])
-local counted = ARGV[5] == '1'
+if not v or tonumber(v) ~= tonumber(ARGV[1]) then return {0} end
+local ttl = tonumber(ARGV[3])
 if ttl <= 0 then
   redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  if counted then redis.call('ZREM', KEYS[3], ARGV[1]) end
-  redis.call('PUBLISH', KEYS[4], ARGV[1])
-  return 1
+  return {1, 0}
 end
-redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[2]) + 1, 'd', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[1]) + 1, 'd', ARGV[2])
 local deadline = now_ms() + ttl
-redis.call('ZADD', KEYS[2], 'XX', deadline, ARGV[1])
-if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
-if counted then
-  redis.call('ZADD', KEYS[3], 'XX', deadline, ARGV[1])
-  if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
-end
-redis.call('PUBLISH', KEYS[4], ARGV[1] .. ' ' .. (tonumber(ARGV[2]) + 1))
+redis.call('PEXPIREAT', KEYS[1], deadline)
+return {1, deadline}
+"""
+
+# KEYS: a set. ARGV: name, its deadline (0: drop it), then optionally a topic and the notice
+# to publish on it. The name's deadline follows its channel's (if it is there). The first
+# write is one Redis never refuses at maxmemory (PEXPIRE to the TTL the key has), so this
+# runs on a full Redis too.
+_FOLLOW = PRELUDE + """
+if ARGV[3] then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+if ttl == -1 then redis.call('PERSIST', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ttl) end
+local deadline = tonumber(ARGV[2])
+if deadline == 0 then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[1])
+local left = deadline - now_ms()
+if ttl >= 0 and ttl < left then redis.call('PEXPIRE', KEYS[1], left) end
 return 1
 """
 
@@ -84,30 +109,55 @@ class RedisChannelStore:
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
-        self.index = backend.key("channels-open")
-        # Pub/sub topics are not per database: the topic names the database too.
-        self.topic = backend.key("channel-changes", f"db{backend.address.db or 0}")
-
-    def _key(self, name: str) -> str:
-        return self.backend.key("channel", name)
-
-    def _client_key(self, client: str) -> str:
-        return self.backend.key("channels-of", client.encode())
+        self.names = KeyNames()
+        self.index = self.names.channel_index
+        # Pub/sub topics are not per database: the topic names the database too. Not a key
+        # (nothing to hash; a script may publish on any topic).
+        self.topic = f"{PREFIX}.channel-changes:db{backend.address.db or 0}"
 
     async def create(self, name: str, record: bytes, ttl: float, max_channels: int,
                      client: str = "", max_per_client: int = 0) -> bool:
-        keys = [self._key(name), self.index, self._client_key(client)]
-        args = [name, record, max(1, _ms(ttl)), max_channels, max_per_client,
-                "1" if client else "0"]
-        result = await self.backend.script(_CREATE, keys, args)
-        if result == -1:
-            raise StoreFull("too many open channels")
-        if result == -2:
-            raise ClientChannelsFull("this client holds too many open channels")
-        return result == 1
+        ttl_ms = max(1, _ms(ttl))
+        sets = [self.index]
+        caps = [max_channels]
+        if client:
+            sets.append(self.names.client_channels(client))
+            caps.append(max_per_client)
+        counted = await self.backend.scripts([(_COUNT, [key], [name, ttl_ms, cap])
+                                              for key, cap in zip(sets, caps, strict=True)])
+        mine = [key for key, result in zip(sets, counted, strict=True)
+                if isinstance(result, list) and result[0] == 1]
+        index, *share = counted
+        error = next((r for r in counted if isinstance(r, StoreError)), None)
+        # As one script answered: a name that is open is taken, whoever asks; then the
+        # client's share; then the relay's cap.
+        if error is None and index[0] == 0:
+            await self._uncount(name, mine)
+            return False
+        if error is None and share and share[0][0] == -1:
+            error = ClientChannelsFull("this client holds too many open channels")
+        elif error is None and index[0] == -1:
+            error = StoreFull("too many open channels")
+        if error is not None:
+            await self._uncount(name, mine)
+            raise error
+        deadline = min(result[1] for result in counted if result[0] == 1)
+        try:
+            created = await self.backend.script(_CREATE, [self.names.channel(name)],
+                                                [record, deadline])
+        except StoreError:
+            await self._uncount(name, mine)
+            raise
+        if created != 1:
+            await self._uncount(name, mine)
+        return created == 1
+
+    async def _uncount(self, name: str, sets: list[str]) -> None:
+        if sets:
+            await self.backend.scripts([(_FOLLOW, [key], [name, 0]) for key in sets])
 
     async def load(self, name: str) -> tuple[bytes, int] | None:
-        key = self._key(name)
+        key = self.names.channel(name)
         version, record = await self.backend.run(lambda redis: redis.hmget(key, ["v", "d"]))
         if version is None or record is None:
             return None
@@ -115,15 +165,31 @@ class RedisChannelStore:
 
     async def replace(self, name: str, version: int, record: bytes, ttl: float,
                       client: str = "") -> bool:
-        keys = [self._key(name), self.index, self._client_key(client), self.topic]
-        args = [name, version, record, _ms(ttl), "1" if client else "0"]
-        return await self.backend.script(_REPLACE, keys, args) == 1
+        result = await self.backend.script(
+            _REPLACE, [self.names.channel(name)], [version, record, _ms(ttl)])
+        if result[0] != 1:
+            return False
+        deadline = result[1]
+        notice = name if deadline == 0 else f"{name} {version + 1}"
+        steps = [(_FOLLOW, [self.index], [name, deadline, self.topic, notice])]
+        if client:
+            steps.append((_FOLLOW, [self.names.client_channels(client)], [name, deadline]))
+        # The change is stored; the counts follow (left undone by a crash, they lapse with
+        # the TTL they had).
+        try:
+            outcomes = await self.backend.scripts(steps)
+        except StoreError as e:
+            outcomes = [e]
+        for outcome in outcomes:
+            if isinstance(outcome, StoreError):
+                log.warn("a channel's count did not follow its change: {error}", error=outcome)
+        return True
 
     async def count_hit(self, key: str, window: float) -> int:
         now = self.backend.clock.seconds()
         index = int(now // window)
         left = (index + 1) * window - now
-        redis_key = self.backend.key("channel-hits", key.encode(), str(index))
+        redis_key = self.names.channel_hits(key, index)
         return int(await self.backend.script(_HIT, [redis_key], [max(1, _ms(left))]))
 
     def change_feed(self, on_change: Callable[[str, int | None], None],

@@ -1,33 +1,58 @@
 """File metadata (and, for chunk_store = "store", chunks) in Redis.
 
-Keys (every one with a TTL):
-    file:<file_id>            HASH, expiring with the file. Fields: sender, recipient, client,
-                              size, expires (Unix s), maxc (max_charge), charged, reserved,
-                              runtil (when the reservation lapses, ms on Redis's clock),
-                              bytes, count, max, last (once known), ledger and cledger (the
-                              sender's and the client's ledger key prefixes), and per part n:
-                              s<n> (chunk size), c<n> (its charge) and p<n> (8-byte blob id +
-                              chunk nonce).
-    fl:all:{exp,rexp,amt,sum}         the relay-wide ledger
-    fl:s:<sender>:{exp,rexp,amt,sum}  one per sender identity
-    fl:c:<client>:{exp,rexp,amt,sum}  one per client network
-A ledger is a ZSET file_id -> file expiry and one file_id -> reservation expiry (ms, Redis
-clock), a HASH of each file's charge (s<file_id>) and reservation (r<file_id>), and a HASH
-of their sums (charged, reserved). A script touching a ledger first reaps what has expired,
-so an expired file's charge and a lapsed reservation are released without any background
-job. The ledger keys expire with their last file. A file's sender and client ledgers are
-named in its hash, so scripts that find the file by id reach them in one round trip (single
-Redis, not Redis Cluster, like mailboxes).
+Keys (every one with a TTL), each in its owner's hash slot (relay.store.redis.keys):
+    relay:{f.<file_id>}:file   HASH, expiring with the file. Fields: sender, recipient,
+                              client, size, expires (Unix s), maxc (max_charge), charged,
+                              reserved, runtil (when the reservation lapses, ms on Redis's
+                              clock), bytes, count, max, last (once known), gen (a random
+                              id of this incarnation of the file) and ver (bumped by every
+                              part stored), and per part n: s<n> (chunk size), c<n> (its
+                              charge) and p<n> (8-byte blob id + chunk nonce).
+    relay:{f.<file_id>}:chunk:<part>:<blob>   STRING, a chunk, expiring with its file at
+                              the latest (so one file's chunks go in one multi-key DEL).
+    relay:{i.<sender>}:fl:{exp,rexp,amt,sum}  the ledger of a sender identity
+    relay:{c.<client>}:fl:{exp,rexp,amt,sum}  the ledger of a client network
+    relay:{all}:fl:{exp,rexp,amt,sum}         the relay-wide ledger
+A ledger holds an entry per file (member "f"<file_id>: its charge c, its reservation r and
+its "gen:ver", absolute amounts, and the file's expiry in exp, its reservation's deadline
+in rexp), holds (member "h"<token>: growth set aside for one part while it is stored, with
+a deadline in rexp) and the sums of both (charged, reserved) that the caps are checked
+against. A script touching a ledger first reaps what has expired, so an expired file's
+charge, a lapsed reservation and a hold left behind by a crash are released without any
+background job; the ledger keys expire with their last deadline.
 
-    chunk:<file_id>:<part>:<blob>   STRING, the chunk, expiring with its file at the latest.
+The file's record is the truth; ledgers follow it, one script per owner (Redis Cluster runs
+nothing else), in order, each undone when a later one refuses:
+- create: the three ledgers take the file's entry (caps checked; one round trip for the
+  three), then the record is created; if a ledger refused or the record exists, the
+  entries just taken are removed again (2 round trips, 3 when undone).
+- put_part: the record checks the part and, if the file's charged + reserved (or its
+  reservation) does not grow, stores it at once; else it answers the growth, the three
+  ledgers hold it (caps checked), and the record stores the part if the growth still fits
+  what is held (parts of one file racing each other: held again otherwise). Then the
+  ledgers are set to the record's absolute amounts, newer versions only, releasing the
+  holds (2 round trips, 4 when the file grows). A ledger so never counts less than the
+  records until a crash between two steps, and a refused part changes nothing.
+- delete: the record is deleted (and returned), then its entries leave its ledgers.
+Deadlines are computed once, by the step that sets them, and handed on as absolute times,
+so a ledger releases a charge exactly when the record expires.
+
+At maxmemory (noeviction) Redis refuses only a script's first write that could grow memory
+(it cannot stop a script half-way), so a script refused there has changed nothing; the
+scripts that release (undo, settle, delete, usage) start with a write that cannot be
+refused (a PEXPIRE to the TTL the key has), so they run on a full Redis too.
 """
 
 from __future__ import annotations
 
+import os
 from base64 import urlsafe_b64decode
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from relay.store.errors import StoreFull, StoreUnavailable
+from twisted.logger import Logger
+
+from relay.store.errors import StoreError, StoreFull, StoreUnavailable
 from relay.store.interfaces.files import (
     FileCaps,
     FileRecord,
@@ -35,147 +60,264 @@ from relay.store.interfaces.files import (
     PutRequest,
 )
 from relay.store.redis import RedisBackend
+from relay.store.redis.keys import KeyNames, b64
 from relay.store.redis.scripting import PRELUDE
 from relay.store.redis.sessions import ttl_ms
+
+log = Logger(namespace="relay.store.redis")
 
 BLOB_BYTES = 8
 _SUMMARY_FIELDS = [b"sender", b"recipient", b"client", b"size", b"expires", b"maxc",
                    b"charged", b"reserved", b"runtil", b"bytes", b"count", b"max", b"last"]
+# How often put_part holds again when parts of the same file keep changing its growth.
+MAX_HOLDS = 8
+
+# -- ledgers: KEYS exp, rexp, amt, sum of ONE ledger -------------------------------------
 
 _LEDGER_LUA = PRELUDE + """
--- A ledger is the prefix of its four keys.
-local function sum(ledger, field)
-  return tonumber(redis.call('HGET', ledger .. ':sum', field) or '0')
+local EXP, REXP, AMT, SUM = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+local function sum(field)
+  return tonumber(redis.call('HGET', SUM, field) or '0')
 end
 
-local function amount(ledger, field)
-  return tonumber(redis.call('HGET', ledger .. ':amt', field) or '0')
+local function amount(field)
+  return tonumber(redis.call('HGET', AMT, field) or '0')
 end
 
-local function adjust(ledger, charged, reserved)
-  if charged ~= 0 then redis.call('HINCRBY', ledger .. ':sum', 'charged', charged) end
-  if reserved ~= 0 then redis.call('HINCRBY', ledger .. ':sum', 'reserved', reserved) end
+local function adjust(charged, reserved)
+  if charged ~= 0 then redis.call('HINCRBY', SUM, 'charged', charged) end
+  if reserved ~= 0 then redis.call('HINCRBY', SUM, 'reserved', reserved) end
 end
 
--- Release a file's whole charge.
-local function forget(ledger, id)
-  adjust(ledger, -amount(ledger, 's' .. id), -amount(ledger, 'r' .. id))
-  redis.call('HDEL', ledger .. ':amt', 's' .. id, 'r' .. id)
-  redis.call('ZREM', ledger .. ':exp', id)
-  redis.call('ZREM', ledger .. ':rexp', id)
+-- At maxmemory Redis refuses only a script's first write that may grow memory: this one
+-- cannot (the TTL the key has, or none on an absent key), so what follows runs.
+local function first_write_is_free()
+  local ttl = redis.call('PTTL', SUM)
+  if ttl == -2 then redis.call('PEXPIRE', SUM, 1)
+  elseif ttl == -1 then redis.call('PERSIST', SUM)
+  else redis.call('PEXPIRE', SUM, ttl) end
 end
 
--- Release a file's reservation only.
-local function lapse(ledger, id)
-  adjust(ledger, 0, -amount(ledger, 'r' .. id))
-  redis.call('HDEL', ledger .. ':amt', 'r' .. id)
-  redis.call('ZREM', ledger .. ':rexp', id)
+-- Release an entry ("f"<file_id>) or a hold ("h"<token>) entirely.
+local function forget(m)
+  adjust(-amount('c' .. m), -amount('r' .. m))
+  redis.call('HDEL', AMT, 'c' .. m, 'r' .. m, 'g' .. m)
+  redis.call('ZREM', EXP, m)
+  redis.call('ZREM', REXP, m)
 end
 
-local function reap(ledger, now)
-  local gone = redis.call('ZRANGEBYSCORE', ledger .. ':exp', '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(gone) do forget(ledger, id) end
-  local lapsed = redis.call('ZRANGEBYSCORE', ledger .. ':rexp', '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(lapsed) do lapse(ledger, id) end
+-- A deadline in rexp passed: a file's reservation lapses, a hold goes.
+local function lapse(m)
+  if string.sub(m, 1, 1) == 'h' then return forget(m) end
+  adjust(0, -amount('r' .. m))
+  redis.call('HDEL', AMT, 'r' .. m)
+  redis.call('ZREM', REXP, m)
 end
 
-local function refresh(ledger)
-  local keys = {ledger .. ':exp', ledger .. ':rexp', ledger .. ':amt', ledger .. ':sum'}
-  local last = redis.call('ZRANGE', keys[1], -1, -1, 'WITHSCORES')
-  if #last == 0 then
-    redis.call('DEL', unpack(keys))
+local function reap(now)
+  local gone = redis.call('ZRANGEBYSCORE', EXP, '-inf', now, 'LIMIT', 0, 1000)
+  for _, m in ipairs(gone) do forget(m) end
+  local lapsed = redis.call('ZRANGEBYSCORE', REXP, '-inf', now, 'LIMIT', 0, 1000)
+  for _, m in ipairs(lapsed) do lapse(m) end
+end
+
+-- Every key lives until the ledger's last deadline; an empty ledger goes.
+local function refresh()
+  local last = 0
+  for _, key in ipairs({EXP, REXP}) do
+    local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    if #top > 0 and tonumber(top[2]) > last then last = tonumber(top[2]) end
+  end
+  if last == 0 then
+    redis.call('DEL', EXP, REXP, AMT, SUM)
     return
   end
-  for _, key in ipairs(keys) do redis.call('PEXPIREAT', key, last[2]) end
+  for _, key in ipairs(KEYS) do redis.call('PEXPIREAT', key, last) end
 end
 
--- Set a file's charge, reservation and deadlines in one ledger, adjusting its sums.
-local function set(ledger, id, charged, reserved, expiry, reserved_until)
-  adjust(ledger, charged - amount(ledger, 's' .. id), reserved - amount(ledger, 'r' .. id))
-  redis.call('HSET', ledger .. ':amt', 's' .. id, charged)
-  redis.call('ZADD', ledger .. ':exp', expiry, id)
-  if reserved > 0 then
-    redis.call('HSET', ledger .. ':amt', 'r' .. id, reserved)
-    redis.call('ZADD', ledger .. ':rexp', reserved_until, id)
-  else
-    redis.call('HDEL', ledger .. ':amt', 'r' .. id)
-    redis.call('ZREM', ledger .. ':rexp', id)
+-- Why growing this ledger by `grow` (charged + reserved) and `grow_reserved` is refused
+-- ('bytes' or 'reserved'), or false.
+local function over(grow, grow_reserved, byte_cap, reserved_cap)
+  if grow > 0 and sum('charged') + sum('reserved') + grow > byte_cap then
+    return 'bytes'
   end
-  refresh(ledger)
-end
-
-local function remove(ledger, id)
-  forget(ledger, id)
-  refresh(ledger)
-end
-
--- ledgers: {sender, client, everyone}; caps: their byte caps, then their reservation caps.
--- Returns why growing them is refused ('bytes1' .. 'reserved3'), or false.
-local function over(ledgers, grow, grow_reserved, caps)
-  if grow > 0 then
-    for i, l in ipairs(ledgers) do
-      if sum(l, 'charged') + sum(l, 'reserved') + grow > caps[i] then return 'bytes' .. i end
-    end
-  end
-  if grow_reserved > 0 then
-    for i, l in ipairs(ledgers) do
-      if sum(l, 'reserved') + grow_reserved > caps[i + 3] then return 'reserved' .. i end
-    end
+  if grow_reserved > 0 and sum('reserved') + grow_reserved > reserved_cap then
+    return 'reserved'
   end
   return false
 end
 
-local function caps_from(first)
-  local caps = {}
-  for i = 0, 5 do caps[i + 1] = tonumber(ARGV[first + i]) end
-  return caps
+-- Set a file's entry to absolute amounts and deadlines (a past reservation: none).
+local function set(m, charged, reserved, expiry, reserved_until, version, now)
+  if reserved_until <= now then reserved = 0 end
+  adjust(charged - amount('c' .. m), reserved - amount('r' .. m))
+  redis.call('HSET', AMT, 'c' .. m, charged, 'g' .. m, version)
+  redis.call('ZADD', EXP, expiry, m)
+  if reserved > 0 then
+    redis.call('HSET', AMT, 'r' .. m, reserved)
+    redis.call('ZADD', REXP, reserved_until, m)
+  else
+    redis.call('HDEL', AMT, 'r' .. m)
+    redis.call('ZREM', REXP, m)
+  end
+end
+
+local function split(version)
+  local gen, ver = string.match(version or '', '^(.*):(%d+)$')
+  return gen, tonumber(ver or '0')
 end
 """
 
-# KEYS: file. ARGV: file_id, the global ledger, the sender's ledger, the client's ledger,
-# ttl_ms, stall_ms, six caps (FileCaps order), reserved, then field/value pairs.
-# Returns 1 (created), 0 (exists), or why the caps refuse it (a string).
-_CREATE = _LEDGER_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+# A new file's entry, unless the ledger has one (a live file: create changes nothing).
+# ARGV: file_id, gen, reserved, ttl ms, stall ms, byte cap, reservation cap.
+# Returns {1, expiry, reservation deadline} (set), {0} (there is one), or {why refused}.
+_LEDGER_CREATE = _LEDGER_LUA + """
 local now = now_ms()
-local id = ARGV[1]
-local ledgers = {ARGV[3], ARGV[4], ARGV[2]}
-for _, l in ipairs(ledgers) do reap(l, now) end
-local reserved = tonumber(ARGV[13])
-local refused = over(ledgers, reserved, reserved, caps_from(7))
-if refused then return refused end
-local ttl = tonumber(ARGV[5])
-local reserved_until = now + math.min(tonumber(ARGV[6]), ttl)
-local fields = {}
-for i = 14, #ARGV do table.insert(fields, ARGV[i]) end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('HSET', KEYS[1], 'reserved', reserved, 'runtil', reserved_until)
-redis.call('PEXPIRE', KEYS[1], ttl)
-for _, l in ipairs(ledgers) do set(l, id, 0, reserved, now + ttl, reserved_until) end
+reap(now)
+local m = 'f' .. ARGV[1]
+if redis.call('ZSCORE', EXP, m) then
+  refresh()
+  return {0}
+end
+local reserved = tonumber(ARGV[3])
+local refused = over(reserved, reserved, tonumber(ARGV[6]), tonumber(ARGV[7]))
+if refused then
+  refresh()
+  return {refused}
+end
+local ttl = tonumber(ARGV[4])
+local expiry, reserved_until = now + ttl, now + math.min(tonumber(ARGV[5]), ttl)
+set(m, 0, reserved, expiry, reserved_until, ARGV[2] .. ':1', now)
+refresh()
+return {1, expiry, reserved_until}
+"""
+
+# Undo _LEDGER_CREATE, or delete: remove the file's entry if it is of this gen (any: "").
+# ARGV: file_id, gen.
+_LEDGER_REMOVE = _LEDGER_LUA + """
+first_write_is_free()
+reap(now_ms())
+local m = 'f' .. ARGV[1]
+local gen = split(redis.call('HGET', AMT, 'g' .. m))
+if ARGV[2] == '' or gen == ARGV[2] then forget(m) end
+refresh()
 return 1
 """
 
-# KEYS: file. ARGV: file_id, global ledger, part, size, blob+nonce, last (0/1), max_parts,
-# max_bytes, ttl_ms, complete_ttl_ms, stall_ms, the part's charge, window, six caps,
-# part_overhead.
-# Returns {outcome, replaced blob+nonce or false, replaced size}.
-_PUT_PART = _LEDGER_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND', false, 0} end
+# Set aside growth for a part about to be stored (caps checked).
+# ARGV: token, growth of charged + reserved, growth of reserved, lifetime ms, byte cap,
+# reservation cap. Returns 'OK' or why refused.
+_LEDGER_HOLD = _LEDGER_LUA + """
 local now = now_ms()
-local id = ARGV[1]
-local part, size, last = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6] == '1'
-local max_parts = tonumber(ARGV[7])
-local f = redis.call('HMGET', KEYS[1], 'bytes', 'count', 'max', 'last', 'ledger', 'cledger',
-                     'charged', 'maxc', 'reserved', 'runtil')
+reap(now)
+local grow, grow_reserved = tonumber(ARGV[2]), tonumber(ARGV[3])
+local refused = over(grow, grow_reserved, tonumber(ARGV[5]), tonumber(ARGV[6]))
+if refused then
+  refresh()
+  return refused
+end
+local m = 'h' .. ARGV[1]
+adjust(grow - grow_reserved, grow_reserved)
+redis.call('HSET', AMT, 'c' .. m, grow - grow_reserved, 'r' .. m, grow_reserved)
+redis.call('ZADD', REXP, now + tonumber(ARGV[4]), m)
+refresh()
+return 'OK'
+"""
+
+# Follow the record: set the file's entry to its amounts if this is a newer version of the
+# same gen (or, with force, unless the entry has this gen at this version or newer), and
+# release the holds named. ARGV: file_id, gen, ver, charged, reserved, expiry, reservation
+# deadline, force (0/1), the holds' tokens.
+_LEDGER_SETTLE = _LEDGER_LUA + """
+first_write_is_free()
+local now = now_ms()
+reap(now)
+for i = 9, #ARGV do
+  local h = 'h' .. ARGV[i]
+  if redis.call('ZSCORE', REXP, h) then forget(h) end
+end
+local m = 'f' .. ARGV[1]
+local gen, ver = split(redis.call('HGET', AMT, 'g' .. m))
+local new_ver = tonumber(ARGV[3])
+local newer = gen == ARGV[2] and ver < new_ver
+if ARGV[8] == '1' then newer = gen ~= ARGV[2] or ver < new_ver end
+if newer and tonumber(ARGV[6]) > now then
+  set(m, tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+      ARGV[2] .. ':' .. ARGV[3], now)
+end
+refresh()
+return 1
+"""
+
+# Returns the ledger's {charged, reserved} after reaping.
+_USAGE = _LEDGER_LUA + """
+first_write_is_free()
+reap(now_ms())
+refresh()
+return {sum('charged'), sum('reserved')}
+"""
+
+# -- records: KEYS the file's record --------------------------------------------------------
+
+_RECORD_LUA = PRELUDE + """
+local SUMMARY = {'sender', 'recipient', 'client', 'size', 'expires', 'maxc', 'charged',
+                 'reserved', 'runtil', 'bytes', 'count', 'max', 'last'}
+local function summary(first)
+  local out = {first}
+  local values = redis.call('HMGET', KEYS[1], unpack(SUMMARY))
+  for i = 1, #SUMMARY do table.insert(out, values[i]) end
+  return out
+end
+"""
+
+# ARGV: gen, ttl ms, stall ms, the latest expiry and reservation deadline the ledgers took
+# (0: none), reserved, then field/value pairs. Returns {1 (created) or 0 (it exists), the
+# record's expiry (ms on Redis's clock), the summary fields (_SUMMARY_FIELDS)}.
+_CREATE = _RECORD_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local found = summary(0)
+  table.insert(found, 2, now_ms() + redis.call('PTTL', KEYS[1]))
+  return found
+end
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+local expiry, reserved_until = now + ttl, now + math.min(tonumber(ARGV[3]), ttl)
+if tonumber(ARGV[4]) > 0 then expiry = math.min(expiry, tonumber(ARGV[4])) end
+if tonumber(ARGV[5]) > 0 then reserved_until = math.min(reserved_until, tonumber(ARGV[5])) end
+local fields = {}
+for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HSET', KEYS[1], 'reserved', ARGV[6], 'runtil', reserved_until, 'gen', ARGV[1],
+           'ver', 1)
+redis.call('PEXPIREAT', KEYS[1], expiry)
+local created = summary(1)
+table.insert(created, 2, expiry)
+return created
+"""
+
+# ARGV: part, size, blob+nonce, last (0/1), max_parts, max_bytes, ttl ms, complete ttl ms,
+# stall ms, the part's charge, window, part_overhead, growth held (charged + reserved),
+# reservation growth held.
+# Returns {'OK', replaced blob+nonce or false, replaced size, charged, reserved, expiry,
+# reservation deadline, gen, ver, sender, client} (stored), {'HOLD', growth, reservation
+# growth, sender, client} (not stored: it grows beyond what is held) or {outcome}.
+_PUT_PART = _RECORD_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local now = now_ms()
+local part, size, last = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4] == '1'
+local max_parts = tonumber(ARGV[5])
+local f = redis.call('HMGET', KEYS[1], 'bytes', 'count', 'max', 'last', 'sender', 'client',
+                     'charged', 'maxc', 'reserved', 'runtil', 'gen', 'ver')
 local stored, count, max_part = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
 local last_part = f[4] and tonumber(f[4])
-if part >= max_parts then return {'BAD_PART', false, 0} end
+if part >= max_parts then return {'BAD_PART'} end
 if last_part and (part > last_part or (last and part ~= last_part)) then
-  return {'BAD_PART', false, 0}
+  return {'BAD_PART'}
 end
-if last and max_part > part then return {'BAD_PART', false, 0} end
+if last and max_part > part then return {'BAD_PART'} end
 local old_size = redis.call('HGET', KEYS[1], 's' .. part)
-if not old_size and count >= max_parts then return {'BAD_PART', false, 0} end
+if not old_size and count >= max_parts then return {'BAD_PART'} end
 local old, old_charge = false, 0
 if old_size then
   old = redis.call('HGET', KEYS[1], 'p' .. part)
@@ -183,16 +325,16 @@ if old_size then
 end
 stored = stored - tonumber(old_size or '0') + size
 if not old_size then count = count + 1 end
-if stored > tonumber(ARGV[8]) + tonumber(ARGV[20]) * count then
-  return {'TOO_MANY_BYTES', false, 0}
+if stored > tonumber(ARGV[6]) + tonumber(ARGV[12]) * count then
+  return {'TOO_MANY_BYTES'}
 end
 local charged_before = tonumber(f[7] or '0')
-local charged = charged_before - old_charge + tonumber(ARGV[12])
+local charged = charged_before - old_charge + tonumber(ARGV[10])
 if part > max_part then max_part = part end
 if last then last_part = part end
 local complete = last_part and count == last_part + 1
-local ttl = tonumber(ARGV[9])
-if complete then ttl = tonumber(ARGV[10]) end
+local ttl = tonumber(ARGV[7])
+if complete then ttl = tonumber(ARGV[8]) end
 -- A new part (progress) renews the reservation; a re-sent one only shrinks it.
 local reserved_until = tonumber(f[10] or '0')
 local reserved_before = 0
@@ -202,63 +344,70 @@ local reserved = math.min(reserved_before, room)
 if complete then
   reserved = 0
 elseif not old_size then
-  reserved = math.min(tonumber(ARGV[13]), room)
-  reserved_until = now + math.min(tonumber(ARGV[11]), ttl)
+  reserved = math.min(tonumber(ARGV[11]), room)
+  reserved_until = now + math.min(tonumber(ARGV[9]), ttl)
 end
 if reserved == 0 then reserved_until = 0 end
-local ledgers = {f[5], f[6], ARGV[2]}
-for _, l in ipairs(ledgers) do reap(l, now) end
-local grow_reserved = reserved - reserved_before
-if over(ledgers, charged - charged_before + grow_reserved, grow_reserved, caps_from(14)) then
-  return {'FULL', false, 0}
+local grow_reserved = math.max(0, reserved - reserved_before)
+local grow = math.max(0, charged + reserved - charged_before - reserved_before)
+if grow > tonumber(ARGV[13]) or grow_reserved > tonumber(ARGV[14]) then
+  return {'HOLD', grow, grow_reserved, f[5], f[6]}
 end
-redis.call('HSET', KEYS[1], 's' .. part, size, 'p' .. part, ARGV[5], 'c' .. part, ARGV[12],
+local ver = tonumber(f[12] or '0') + 1
+redis.call('HSET', KEYS[1], 's' .. part, size, 'p' .. part, ARGV[3], 'c' .. part, ARGV[10],
            'bytes', stored, 'count', count, 'max', max_part, 'charged', charged,
-           'reserved', reserved, 'runtil', reserved_until)
+           'reserved', reserved, 'runtil', reserved_until, 'ver', ver)
 if last then redis.call('HSET', KEYS[1], 'last', part) end
-redis.call('PEXPIRE', KEYS[1], ttl)
-for _, l in ipairs(ledgers) do set(l, id, charged, reserved, now + ttl, reserved_until) end
-return {'OK', old, tonumber(old_size or '0')}
+local expiry = now + ttl
+redis.call('PEXPIREAT', KEYS[1], expiry)
+return {'OK', old, tonumber(old_size or '0'), charged, reserved, expiry, reserved_until,
+        f[11] or '', ver, f[5], f[6]}
 """
 
-# KEYS: file. ARGV: file_id, global ledger. Returns the removed hash (HGETALL) or {}.
-_DELETE = _LEDGER_LUA + """
+# Returns the removed hash (HGETALL) or {}. DEL first: it runs on a full Redis too.
+_DELETE = """
 local all = redis.call('HGETALL', KEYS[1])
-if #all == 0 then return all end
-remove(ARGV[2], ARGV[1])
-for _, name in ipairs({'ledger', 'cledger'}) do
-  local ledger = redis.call('HGET', KEYS[1], name)
-  if ledger then remove(ledger, ARGV[1]) end
-end
 redis.call('DEL', KEYS[1])
 return all
 """
 
-# ARGV: a ledger. Returns {charged, reserved} after reaping.
-_USAGE = _LEDGER_LUA + """
-reap(ARGV[1], now_ms())
-refresh(ARGV[1])
-return {sum(ARGV[1], 'charged'), sum(ARGV[1], 'reserved')}
-"""
-
-# What over() answers, as StoreFull messages.
+# What the ledgers answer, as StoreFull messages: byte caps first, then reservations, each
+# in the order sender, client, relay.
 _REFUSALS = {
-    b"bytes1": "this identity's file storage quota is used up",
-    b"bytes2": "this client's file storage quota is used up",
-    b"bytes3": "the relay's file storage is full",
-    b"reserved1": "this identity has too many uploads open",
-    b"reserved2": "this client has too many uploads open",
-    b"reserved3": "the relay has too many uploads open",
+    (b"bytes", 0): "this identity's file storage quota is used up",
+    (b"bytes", 1): "this client's file storage quota is used up",
+    (b"bytes", 2): "the relay's file storage is full",
+    (b"reserved", 0): "this identity has too many uploads open",
+    (b"reserved", 1): "this client has too many uploads open",
+    (b"reserved", 2): "the relay has too many uploads open",
 }
 
 
-def _caps(caps: FileCaps) -> list[int]:
-    return [caps.sender_bytes, caps.client_bytes, caps.total_bytes, caps.sender_reserved,
-            caps.client_reserved, caps.total_reserved]
+def _caps(caps: FileCaps) -> list[tuple[int, int]]:
+    """Per ledger (sender, client, relay): the byte cap and the reservation cap."""
+    return [(caps.sender_bytes, caps.sender_reserved), (caps.client_bytes, caps.client_reserved),
+            (caps.total_bytes, caps.total_reserved)]
+
+
+def _refusal(results: Sequence[Any]) -> StoreError | None:
+    """The error to raise for the ledgers' answers (a refusal by caps, or Redis's)."""
+    for error in results:
+        if isinstance(error, StoreError):
+            return error
+    for kind in (b"bytes", b"reserved"):
+        for i, result in enumerate(results):
+            why = result[0] if isinstance(result, list) else result
+            if why == kind:
+                return StoreFull(_REFUSALS[(kind, i)])
+    return None
 
 
 def _int(value: bytes | None, default: int = 0) -> int:
     return default if value is None else int(value)
+
+
+def _token() -> str:
+    return b64(os.urandom(9))
 
 
 def _record(file_id: bytes, fields: dict[bytes, bytes]) -> FileRecord:
@@ -290,49 +439,96 @@ def _pairs(flat: list) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _summary(file_id: bytes, values: Sequence[Any]) -> FileRecord | None:
+    fields = {name: value for name, value in zip(_SUMMARY_FIELDS, values, strict=True)
+              if value is not None}
+    return _record(file_id, fields) if b"sender" in fields else None
+
+
 class RedisFileStore:
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
-        self._everyone = backend.key("fl", "all")
-        self.chunks = RedisChunkStore(backend)
+        self._names = KeyNames()
+        self.chunks = RedisChunkStore(backend, self._names)
 
-    def _file_key(self, file_id: bytes) -> str:
-        return self._backend.key("file", file_id)
-
-    def _sender_ledger(self, sender: bytes) -> str:
-        return self._backend.key("fl", "s", sender)
-
-    def _client_ledger(self, client: str) -> str:
-        # Client keys hold ":" (IPv6): as bytes they are base64url-encoded into the key.
-        return self._backend.key("fl", "c", client.encode())
+    def _ledgers(self, sender: bytes, client: str) -> list[list[str]]:
+        """The keys of the file's ledgers: its sender's, its client's, the relay's."""
+        names = self._names
+        return [ledger_keys(prefix) for prefix in (
+            names.sender_ledger(sender), names.client_ledger(client), names.everyone_ledger)]
 
     async def create(self, record: FileRecord, ttl: float, stall_ttl: float,
                      caps: FileCaps) -> tuple[FileRecord, bool]:
-        ledger = self._sender_ledger(record.sender)
-        client_ledger = self._client_ledger(record.client)
+        file_id, gen = record.file_id, _token()
+        ledgers = self._ledgers(record.sender, record.client)
+        taken = await self._backend.scripts([
+            (_LEDGER_CREATE, keys, [file_id, gen, record.reserved, ttl_ms(ttl),
+                                    ttl_ms(stall_ttl), byte_cap, reserved_cap])
+            for keys, (byte_cap, reserved_cap) in zip(ledgers, _caps(caps), strict=True)])
+        mine = [keys for keys, result in zip(ledgers, taken, strict=True)
+                if isinstance(result, list) and result[0] == 1]
+        refused = _refusal(taken)
+        if refused is not None:
+            await self._undo_create(file_id, gen, mine)
+            raise refused
+        latest_expiry = min((r[1] for r in taken if r[0] == 1), default=0)
+        latest_reservation = min((r[2] for r in taken if r[0] == 1), default=0)
         fields = [b"sender", record.sender, b"recipient", record.recipient,
                   b"client", record.client.encode(), b"size", record.file_size,
                   b"expires", repr(record.expires_at), b"maxc", record.max_charge,
-                  b"charged", 0, b"bytes", 0, b"count", 0, b"max", -1,
-                  b"ledger", ledger, b"cledger", client_ledger]
-        outcome = await self._backend.script(
-            _CREATE, [self._file_key(record.file_id)],
-            [record.file_id, self._everyone, ledger, client_ledger, ttl_ms(ttl),
-             ttl_ms(stall_ttl), *_caps(caps), record.reserved, *fields], replicate=True)
-        if isinstance(outcome, bytes):
-            raise StoreFull(_REFUSALS.get(outcome, "the relay's file storage is full"))
-        if outcome == 1:
-            created = await self.get(record.file_id)
-            if created is not None:
-                return created, True
-        existing = await self.get(record.file_id)
-        if existing is None:  # it expired in between: a rare race; try once more
-            return await self.create(record, ttl, stall_ttl, caps)
-        return existing, False
+                  b"charged", 0, b"bytes", 0, b"count", 0, b"max", -1]
+        try:
+            created, expiry, *values = await self._backend.script(
+                _CREATE, [self._names.file_record(file_id)],
+                [gen, ttl_ms(ttl), ttl_ms(stall_ttl), latest_expiry, latest_reservation,
+                 record.reserved, *fields], replicate=True)
+        except StoreError:
+            await self._undo_create(file_id, gen, mine)
+            raise
+        stored = _summary(file_id, values)
+        if stored is None:
+            raise StoreUnavailable("a stored file record is corrupt: no sender")
+        if not created:
+            await self._undo_create(file_id, gen, mine)
+            return stored, False
+        if len(mine) < len(ledgers):
+            # A ledger had an entry for this file id (a create that crashed, or raced this
+            # one and lost): it now follows this record.
+            others = [keys for keys in ledgers if keys not in mine]
+            await self._settle(file_id, others, [gen, 1, 0, stored.reserved, expiry,
+                                                 round(stored.reserved_until * 1000)],
+                               force=True, tokens=[])
+        return stored, True
+
+    async def _undo_create(self, file_id: bytes, gen: str, ledgers: list[list[str]]) -> None:
+        if ledgers:
+            await self._backend.scripts([(_LEDGER_REMOVE, keys, [file_id, gen])
+                                         for keys in ledgers])
+
+    async def _settle(self, file_id: bytes, ledgers: list[list[str]], state: list[Any],
+                      force: bool, tokens: list[str]) -> None:
+        """Set the ledgers' entries to the record's state [gen, ver, charged, reserved,
+        expiry, reservation deadline] and release the holds. A failure is logged only: the
+        record is stored; the holds lapse, and the next part settles again."""
+        if not ledgers:
+            return
+        try:
+            results = await self._backend.scripts([
+                (_LEDGER_SETTLE, keys, [file_id, *state, 1 if force else 0, *tokens])
+                for keys in ledgers])
+        except StoreError as e:
+            results = [e]
+        for result in results:
+            if isinstance(result, StoreError):
+                log.warn("could not update a file ledger: {error}", error=result)
+
+    async def _release(self, ledgers: list[list[str]], tokens: list[str]) -> None:
+        if tokens:
+            await self._settle(b"", ledgers, ["", 0, 0, 0, 0, 0], False, tokens)
 
     async def get(self, file_id: bytes, part: int | None = None,
                   all_parts: bool = False) -> FileRecord | None:
-        key = self._file_key(file_id)
+        key = self._names.file_record(file_id)
         if all_parts:
             flat = await self._backend.run(lambda redis: redis.execute_command("HGETALL", key))
             return _record(file_id, _pairs(flat)) if flat else None
@@ -350,31 +546,80 @@ class RedisFileStore:
     async def put_part(self, file_id: bytes, request: PutRequest
                        ) -> tuple[str, PartInfo | None]:
         info = request.info
-        outcome, old, old_size = await self._backend.script(
-            _PUT_PART, [self._file_key(file_id)],
-            [file_id, self._everyone, request.part, info.size, info.blob + info.nonce,
-             1 if request.last else 0, request.max_parts, request.max_bytes,
-             ttl_ms(request.ttl), ttl_ms(request.complete_ttl), ttl_ms(request.stall_ttl),
-             request.charge, request.caps.window, *_caps(request.caps),
-             request.part_overhead], replicate=True)
-        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-        replaced = None
-        if isinstance(old, bytes) and len(old) >= BLOB_BYTES:
-            replaced = PartInfo(old_size, old[BLOB_BYTES:], old[:BLOB_BYTES])
-        return outcome, replaced
+        args = [request.part, info.size, info.blob + info.nonce, 1 if request.last else 0,
+                request.max_parts, request.max_bytes, ttl_ms(request.ttl),
+                ttl_ms(request.complete_ttl), ttl_ms(request.stall_ttl), request.charge,
+                request.caps.window, request.part_overhead]
+        key = self._names.file_record(file_id)
+        held, held_reserved = 0, 0
+        tokens: list[str] = []
+        ledgers: list[list[str]] = []
+        for _ in range(MAX_HOLDS):
+            try:
+                result = await self._backend.script(
+                    _PUT_PART, [key], [*args, held, held_reserved], replicate=True)
+            except StoreError:
+                await self._release(ledgers, tokens)
+                raise
+            outcome = result[0].decode() if isinstance(result[0], bytes) else result[0]
+            if outcome == "HOLD":
+                _, grow, grow_reserved, sender, client = result
+                ledgers = self._ledgers(sender, client.decode())
+                token = _token()
+                extra, extra_reserved = max(0, grow - held), max(0, grow_reserved - held_reserved)
+                answers = await self._backend.scripts([
+                    (_LEDGER_HOLD, keys, [token, extra, extra_reserved,
+                                          ttl_ms(min(request.stall_ttl, request.ttl)),
+                                          byte_cap, reserved_cap])
+                    for keys, (byte_cap, reserved_cap) in zip(ledgers, _caps(request.caps),
+                                                              strict=True)])
+                tokens.append(token)
+                refused = _refusal(answers)
+                if refused is not None:
+                    await self._release(ledgers, tokens)
+                    if any(isinstance(answer, StoreError) for answer in answers):
+                        raise refused  # Redis refused (at maxmemory, say)
+                    return "FULL", None
+                held, held_reserved = held + extra, held_reserved + extra_reserved
+                continue
+            if outcome != "OK":
+                await self._release(ledgers, tokens)
+                return outcome, None
+            (_, old, old_size, charged, reserved, expiry, reserved_until, gen, ver,
+             sender, client) = result
+            await self._settle(file_id, self._ledgers(sender, client.decode()),
+                               [gen, ver, charged, reserved, expiry, reserved_until],
+                               force=False, tokens=tokens)
+            replaced = None
+            if isinstance(old, bytes) and len(old) >= BLOB_BYTES:
+                replaced = PartInfo(old_size, old[BLOB_BYTES:], old[:BLOB_BYTES])
+            return outcome, replaced
+        await self._release(ledgers, tokens)
+        raise StoreUnavailable("the parts of this file kept changing while one was stored")
 
     async def delete(self, file_id: bytes) -> FileRecord | None:
-        flat = await self._backend.script(_DELETE, [self._file_key(file_id)],
-                                          [file_id, self._everyone])
-        return _record(file_id, _pairs(flat)) if flat else None
+        flat = await self._backend.script(_DELETE, [self._names.file_record(file_id)], [])
+        if not flat:
+            return None
+        fields = _pairs(flat)
+        record = _record(file_id, fields)
+        gen = fields.get(b"gen", b"")
+        results = await self._backend.scripts([(_LEDGER_REMOVE, keys, [file_id, gen])
+                                               for keys in self._ledgers(record.sender,
+                                                                         record.client)])
+        for result in results:
+            if isinstance(result, StoreError):
+                log.warn("could not release a deleted file's charge: {error}", error=result)
+        return record
 
     async def _sums(self, sender: bytes | None, client: str | None) -> tuple[int, int]:
         if sender is not None and client is not None:
             raise ValueError("usage of a sender or of a client, not both")
-        ledger = self._everyone if sender is None and client is None else \
-            self._sender_ledger(sender) if sender is not None else \
-            self._client_ledger(client)  # type: ignore[arg-type]
-        charged, reserved = await self._backend.script(_USAGE, [], [ledger])
+        names = self._names
+        prefix = names.everyone_ledger if sender is None and client is None else \
+            names.sender_ledger(sender) if sender is not None else \
+            names.client_ledger(client)  # type: ignore[arg-type]
+        charged, reserved = await self._backend.script(_USAGE, ledger_keys(prefix), [])
         return int(charged), int(reserved)
 
     async def usage(self, sender: bytes | None = None, client: str | None = None) -> int:
@@ -384,18 +629,24 @@ class RedisFileStore:
         return (await self._sums(sender, client))[1]
 
 
+def ledger_keys(prefix: str) -> list[str]:
+    return [f"{prefix}:{part}" for part in ("exp", "rexp", "amt", "sum")]
+
+
 class RedisChunkStore:
     """Chunks as Redis strings, for relay nodes that share Redis but no file system."""
 
     # Chunks deleted per DEL command when a file goes.
     BATCH = 256
 
-    def __init__(self, backend: RedisBackend) -> None:
+    def __init__(self, backend: RedisBackend, names: KeyNames | None = None) -> None:
         self._backend = backend
-        self._pattern = backend.key("chunk") + ":*"
+        self._names = names or KeyNames()
+        # Braces are not special in SCAN patterns.
+        self._pattern = f"{self._names.file(b'')[:-1]}*}}:chunk:*"
 
     def _key(self, file_id: bytes, part: int, blob: bytes) -> str:
-        return self._backend.key("chunk", file_id, str(part), blob)
+        return self._names.chunk(file_id, part, blob)
 
     async def write(self, file_id: bytes, part: int, blob: bytes, data: bytes,
                     ttl: float) -> None:
@@ -411,6 +662,7 @@ class RedisChunkStore:
         await self._delete([self._key(file_id, part, blob)])
 
     async def _delete(self, keys: list[str]) -> None:
+        # One file's chunks share its slot: a multi-key DEL works on Redis Cluster too.
         for start in range(0, len(keys), self.BATCH):
             batch = keys[start:start + self.BATCH]
             await self._backend.run(lambda redis, b=batch: redis.execute_command("DEL", *b))
@@ -419,6 +671,17 @@ class RedisChunkStore:
         if record is not None:
             await self._delete([self._key(file_id, p, i.blob) for p, i in record.parts.items()])
         # Chunks of writes the record never got to point at expire on their own TTL.
+
+    @staticmethod
+    def _parse(key: bytes) -> tuple[bytes, int, bytes]:
+        """relay:{f.<file_id>}:chunk:<part>:<blob> -> (file_id, part, blob)."""
+        _, tag, kind, part_text, blob_text = key.decode().split(":")
+        if kind != "chunk" or not (tag.startswith("{f.") and tag.endswith("}")):
+            raise ValueError("not a chunk key")
+        fid_text = tag[3:-1]
+        fid = urlsafe_b64decode(fid_text + "=" * (-len(fid_text) % 4))
+        blob = urlsafe_b64decode(blob_text + "=" * (-len(blob_text) % 4))
+        return fid, int(part_text), blob
 
     async def sweep(self, lookup: Callable[[bytes], Awaitable[FileRecord | None]],
                     older_than: float) -> int:
@@ -433,11 +696,8 @@ class RedisChunkStore:
                 "SCAN", c, "MATCH", self._pattern, "COUNT", 1000))
             for key in keys:
                 try:
-                    _, _, fid_text, part_text, blob_text = key.decode().split(":")
-                    fid = urlsafe_b64decode(fid_text + "=" * (-len(fid_text) % 4))
-                    blob = urlsafe_b64decode(blob_text + "=" * (-len(blob_text) % 4))
-                    part = int(part_text)
-                except ValueError:
+                    fid, part, blob = self._parse(key)
+                except ValueError:  # binascii.Error and UnicodeDecodeError too
                     continue
                 if fid not in records:
                     records[fid] = await lookup(fid)
