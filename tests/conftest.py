@@ -55,6 +55,16 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest_twisted.async_yield_fixture
+async def redis_store(redis_server: RedisServer) -> Any:
+    """A started Redis store on the session's redis-server, emptied first."""
+    redis_server.flush()
+    store = open_store(RelayConfig(store=StoreConfig(url=redis_server.url)), reactor)
+    store.service.startService()
+    yield store
+    await store.service.stopService()
+
+
 @pytest.fixture(params=STORE_KINDS)
 def store_kind(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -23,10 +23,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
-from relay.config import RelayConfig, StoreConfig
-from relay.store import open_store
 from relay.store.errors import StoreFull
 from relay.store.interfaces.files import FileCaps, FileRecord, PartInfo, PutRequest
 from relay.store.interfaces.mailbox import CountOp, DeleteOp, MessageTTLOp, ReadOp, StoreMessageOp
@@ -107,15 +104,6 @@ def single_slot(touches: tuple[list[bytes], list[bytes]]) -> bool:
         return True
     names = keys + prefixes
     return all(hash_tag(n) is not None for n in names) and len({key_slot(n) for n in names}) == 1
-
-
-@pytest_twisted.async_yield_fixture
-async def redis_store(redis_server):
-    redis_server.flush()
-    store = open_store(RelayConfig(store=StoreConfig(url=redis_server.url)), reactor)
-    store.service.startService()
-    yield store
-    await store.service.stopService()
 
 
 @pytest_twisted.ensureDeferred

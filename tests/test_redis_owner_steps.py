@@ -14,8 +14,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
-from relay.config import RelayConfig, StoreConfig
-from relay.store import open_store
 from relay.store.errors import StoreError, StoreFull
 from relay.store.interfaces.channels import ClientChannelsFull
 from relay.store.interfaces.files import FileCaps, FileRecord, PartInfo, PutOutcome, PutRequest
@@ -44,13 +42,10 @@ def put(part: int, limits: FileCaps, last: bool = False) -> PutRequest:
                       100 * BLOCK, LONG, LONG, LONG, limits)
 
 
-@pytest_twisted.async_yield_fixture
-async def store(redis_server):
-    redis_server.flush()
-    opened = open_store(RelayConfig(store=StoreConfig(url=redis_server.url)), reactor)
-    opened.service.startService()
-    yield opened
-    await opened.service.stopService()
+@pytest.fixture
+def store(redis_store):
+    """The started Redis store (tests/conftest.py), by a shorter name."""
+    return redis_store
 
 
 async def sums(files, record: FileRecord) -> list[tuple[int, int]]:
