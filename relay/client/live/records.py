@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -150,6 +150,8 @@ class RecordOpener:
         self._header: bytes | None = None  # of the record being received
         self._length = 0
         self.finished = False
+        self._record: bytearray | None = None  # read_socket's buffer, once used
+        self._filled = 0
 
     def feed(self, data: bytes) -> list[Record]:
         """The records completed by data. RecordError on any tampering, an oversized
@@ -166,31 +168,83 @@ class RecordOpener:
             if self._header is None:
                 if self._buffered < HEADER.size:
                     break
-                header = bytes(self._take(HEADER.size))
-                length, kind = HEADER.unpack(header)
-                if not TAG_LEN <= length <= self._max_ciphertext \
-                        or (kind == KIND_FINAL and length != TAG_LEN):
-                    raise RecordError(f"record length {length} out of bounds")
-                self._header, self._length = header, length
+                self._check_header(bytes(self._take(HEADER.size)))
             if self._buffered < self._length:
                 break
             header, self._header = self._header, None
-            ciphertext = self._take(self._length)
-            try:
-                payload = self._aead.decrypt(self._prefix + _COUNTER.pack(self._counter),
-                                             ciphertext, header)
-            except InvalidTag:
-                raise RecordError("a record failed authentication (tampered, reordered, "
-                                  "replayed or wrong key)") from None
-            self._counter += 1
-            kind = header[-1]
-            if kind == KIND_FINAL:
-                self.finished = True
+            assert header is not None
+            record = self._open(header, self._take(self._length))
+            if record is None:
                 if self._buffered:
                     raise RecordError("data after the final record")
                 break
-            records.append(Record(kind, payload))
+            records.append(record)
         return records
+
+    def read_socket(self, sock: Any) -> list[Record] | None:
+        """Read from sock (non-blocking) straight into this opener's record buffer and open
+        the records completed; None at the end of the stream. Each read stops at the end of
+        the record being received plus the next header, so a record is never joined from
+        pieces nor moved, and no buffer is allocated per read (Twisted's own reads allocate
+        up to 4 MiB each time). OSError (BlockingIOError: nothing to read) as recv_into."""
+        if self._buffered:  # bytes fed before (the staple's early bytes): finish them first
+            return self.feed(sock.recv(HEADER.size + self._max_ciphertext))
+        if self._record is None:
+            self._record = bytearray(2 * HEADER.size + self._max_ciphertext)
+            if self._header is not None:  # fed its header already
+                self._record[:HEADER.size] = self._header
+                self._filled = HEADER.size
+        end = HEADER.size if self._header is None else 2 * HEADER.size + self._length
+        with memoryview(self._record) as whole:
+            count = sock.recv_into(whole[self._filled:end])
+            if not count:
+                return None
+            if self.finished:
+                raise RecordError("data after the final record")
+            self._filled += count
+            records = []
+            while True:
+                if self._header is None:
+                    if self._filled < HEADER.size:
+                        break
+                    self._check_header(bytes(whole[:HEADER.size]))
+                end = HEADER.size + self._length
+                if self._filled < end:
+                    break
+                header, self._header = self._header, None
+                assert header is not None
+                record = self._open(header, whole[HEADER.size:end])
+                rest = self._filled - end  # at most the next header
+                whole[:rest] = whole[end:self._filled]
+                self._filled = rest
+                if record is None:
+                    if rest:
+                        raise RecordError("data after the final record")
+                    break
+                records.append(record)
+        return records
+
+    def _check_header(self, header: bytes) -> None:
+        length, kind = HEADER.unpack(header)
+        if not TAG_LEN <= length <= self._max_ciphertext \
+                or (kind == KIND_FINAL and length != TAG_LEN):
+            raise RecordError(f"record length {length} out of bounds")
+        self._header, self._length = header, length
+
+    def _open(self, header: bytes, ciphertext: Payload) -> Record | None:
+        """The record's payload; None (and finished) for the final record."""
+        try:
+            payload = self._aead.decrypt(self._prefix + _COUNTER.pack(self._counter),
+                                         ciphertext, header)
+        except InvalidTag:
+            raise RecordError("a record failed authentication (tampered, reordered, "
+                              "replayed or wrong key)") from None
+        self._counter += 1
+        kind = header[-1]
+        if kind == KIND_FINAL:
+            self.finished = True
+            return None
+        return Record(kind, payload)
 
     def _take(self, count: int) -> memoryview | bytes:
         """The next count buffered bytes: a view when they lie in one chunk, else joined."""
@@ -259,6 +313,10 @@ class RecordStream(Protocol):
     def connectionMade(self) -> None:
         _widen_transport(self.transport, self.transport_buffer)
         self._direct = _direct_writes(self.transport)
+        if self._direct:
+            # The reactor calls this instead of the transport's own doRead (an instance
+            # attribute shadows the method): see RecordOpener.read_socket.
+            self.transport.doRead = self._read_socket
         self.transport.registerProducer(self, True)
         if not self.connected_d.called:
             self.connected_d.callback(None)
@@ -272,6 +330,29 @@ class RecordStream(Protocol):
             self._fail(Failure())
             self.transport.abortConnection()
             return
+        self._opened(payloads)
+
+    def _read_socket(self) -> Any:
+        """The transport's doRead for a plain TCP connection: what it returns is what
+        Twisted's doRead would (None, or why the connection ends)."""
+        if self._failure is not None:
+            return None
+        try:
+            payloads = self.opener.read_socket(self.transport.socket)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        except RecordError:
+            self._fail(Failure())
+            self.transport.abortConnection()
+            return None
+        if payloads is None:
+            return main.CONNECTION_DONE
+        self._opened(payloads)
+        return None
+
+    def _opened(self, payloads: list[Record]) -> None:
         self._queue.extend(payloads)
         if self.opener.finished:
             self._queue.append(None)
