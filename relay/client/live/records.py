@@ -17,9 +17,11 @@ is never reused; 1 TiB under one key is 2^36 blocks, far inside GCM's bounds.
 without AES instructions.)
 
 `RecordSealer`/`RecordOpener` are the pure codec; `RecordStream` is the Twisted protocol that
-runs them over a transport with backpressure both ways and a timeout on every read. The
-opener parses in place: arriving chunks are kept as they are and a record's ciphertext is
-joined only when it spans chunks, so each byte is copied at most once before decryption.
+runs them over a transport with backpressure both ways and a timeout on every read. On a
+plain TCP connection the stream reads the socket itself, straight into the opener's record
+buffer (`RecordOpener.read_socket`), and seals every record into one reused buffer; given
+bytes (`feed`, other transports), the opener keeps the chunks as they are and joins a
+record's ciphertext only when it spans chunks.
 """
 
 from __future__ import annotations
