@@ -11,7 +11,9 @@ mailbox client (relay/client/mailbox/client.py) and the rendezvous (/join and /c
 relay/client/live/rendezvous.py) both call through here.
 
 `http` is anything with treq's `post`, and `collect` if it has one (the treq module,
-treq.testing.StubTreq, or a treq.HTTPClient, whose bodies are read with treq.collect).
+treq.testing.StubTreq, a treq.HTTPClient, whose bodies are read with treq.collect, or
+relay/client/plain_http.py's PlainHTTP). treq is imported only when it is needed: it pulls
+in pyOpenSSL, a third of the command's start-up.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import treq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.iweb import UNKNOWN_LENGTH
 
 from relay.client.errors import RelayError, RelayTimeout
+from relay.client.plain_http import AnswerCut, BadAnswer
 
 
 @attrs.frozen
@@ -85,13 +86,14 @@ class _Call:
             response = await http.post(url, data=body, headers=headers)
         except (CancelledError, RelayError):
             raise
+        except (BadAnswer, AnswerCut) as e:
+            raise RelayError(f"{self.what}: the relay's answer is unusable ({e})") from None
         except Exception as e:  # connection refused, DNS, TLS...: all "cannot reach"
             raise RelayError(f"{self.what}: cannot reach the relay at {_origin(url)} "
                              f"({e.__class__.__name__})") from None
-        collect = getattr(http, "collect", None) or treq.collect
-        length = response.length
-        announced_too_big = length is not UNKNOWN_LENGTH and isinstance(length, int) \
-            and length > self.max_bytes
+        collect = getattr(http, "collect", None) or _treq_collect()
+        length = response.length  # an int, or None or treq's UNKNOWN_LENGTH (a str)
+        announced_too_big = isinstance(length, int) and length > self.max_bytes
         if announced_too_big:
             self.abandoned = True  # read nothing of it: its first bytes close the connection
         reading = collect(response, self.collect)
@@ -106,6 +108,12 @@ class _Call:
             raise RelayError(f"{self.what}: the relay's answer was cut off "
                              f"({e.__class__.__name__})") from None
         return Answer(response.code, response.headers, b"".join(self.parts))
+
+
+def _treq_collect() -> Any:
+    import treq
+
+    return treq.collect
 
 
 def _origin(url: str) -> str:

@@ -197,3 +197,42 @@ async def test_a_peer_that_never_reads_stalls_the_writer_until_the_timeout():
         with pytest.raises(RecordTimeout, match="took nothing"):
             for _ in range(1000):  # 64 MiB: far more than socket buffers and the queue
                 await sender.send(DATA, bytes(64 * 1024))
+
+
+def _read_all(opener: RecordOpener, sock) -> list[Record]:
+    opened = []
+    while (records := opener.read_socket(sock)) is not None:
+        opened += records
+        if opener.finished:
+            break
+    return opened
+
+
+def test_read_socket_opens_records_read_straight_from_a_socket():
+    import socket
+
+    sealer, opener = pair(max_payload=64 * 1024)
+    payloads = [os.urandom(n) for n in (0, 1, 5, 64 * 1024, 4000, 64 * 1024 - 1)]
+    wire = b"".join(sealer.seal(DATA, p) for p in payloads) + sealer.seal_final()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        # The first bytes fed (as the staple's early bytes are), cut inside a header.
+        early = opener.feed(wire[:HEADER.size + 3])
+        theirs.sendall(wire[HEADER.size + 3:])
+        theirs.shutdown(socket.SHUT_WR)
+        opened = early + _read_all(opener, ours)
+    assert [bytes(r.payload) for r in opened] == payloads
+    assert opener.finished
+
+
+def test_read_socket_refuses_data_after_the_final_record():
+    import socket
+
+    sealer, opener = pair()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(sealer.seal(DATA, b"x") + sealer.seal_final() + b"more")
+        theirs.shutdown(socket.SHUT_WR)
+        with pytest.raises(RecordError, match="after the final record"):
+            _read_all(opener, ours)
+            opener.read_socket(ours)

@@ -165,7 +165,12 @@ class _Pipeline:
 class ReadAhead(_Pipeline):
     """The blocks of f from its current position (`start`) to `end`, each at most
     block_size bytes, each given to `hash` as it is handed out; TransferError if the file
-    is shorter."""
+    is shorter.
+
+    Without a hash (NO_HASH), the blocks are read into a few buffers used over and over (a
+    block handed out by `next()` stays valid until the following call): reading into a
+    fresh 1 MiB buffer per block cost the sender page faults and cache misses. A hash
+    reads its blocks later, on its own thread, so with one every block is a new buffer."""
 
     def __init__(self, worker: SerialWorker, f: Any, hash: BackgroundHash | NoHash, start: int,
                  end: int, block_size: int, depth: int = DEFAULT_DEPTH,
@@ -179,6 +184,9 @@ class ReadAhead(_Pipeline):
         self.name = name
         self._next = start
         self._end = end
+        self._recycle = isinstance(hash, NoHash)
+        self._free: list[bytearray] = []  # buffers to read into (taken by the worker)
+        self._handed_out: bytearray | None = None  # the buffer of the last block handed out
         self._fill()
 
     def _fill(self) -> None:
@@ -187,7 +195,9 @@ class ReadAhead(_Pipeline):
             self._next += size
             self.pending.append(self.worker.submit(self._read, size))
 
-    def _read(self, size: int) -> bytes:  # worker thread
+    def _read(self, size: int) -> bytes | tuple[bytearray, memoryview]:  # worker thread
+        if self._recycle:
+            return self._read_into(size)
         block = self.f.read(size)
         while block is not None and 0 < len(block) < size:  # a short read: keep reading
             more = self.f.read(size - len(block))
@@ -198,15 +208,35 @@ class ReadAhead(_Pipeline):
             raise TransferError(f"{self.name} shrank while sending")
         return block
 
-    async def next(self) -> bytes | None:
+    def _read_into(self, size: int) -> tuple[bytearray, memoryview]:  # worker thread
+        try:
+            buffer = self._free.pop()  # list.pop and append are atomic: no lock needed
+        except IndexError:
+            buffer = bytearray(self.block_size)
+        view = memoryview(buffer)[:size]
+        got = 0
+        while got < size:
+            count = self.f.readinto(view[got:])
+            if not count:
+                raise TransferError(f"{self.name} shrank while sending")
+            got += count
+        return buffer, view
+
+    async def next(self) -> bytes | memoryview | None:
         """The next block (its hashing queued); None after the last."""
+        if self._handed_out is not None:
+            self._free.append(self._handed_out)  # the caller is done with it
+            self._handed_out = None
         if not self.pending:
             return None
         job = self.pending.popleft()
         self._fill()  # keep the worker busy while this block is sealed and sent
-        block: bytes = await job
-        self.hash.update(block)
-        return block
+        result = await job
+        if self._recycle:
+            self._handed_out, block = result
+            return block
+        self.hash.update(result)
+        return result
 
 
 class WriteBehind(_Pipeline):

@@ -18,18 +18,18 @@ from contextlib import nullcontext
 from typing import Any
 
 import attrs
-from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from relay.client.errors import ChannelClosed, RelayError, RelayTimeout
 from relay.client.http import post_bounded
 from relay.client.interrupt import Interruption
 from relay.client.live.pake import RECIPIENT, SENDER, Exchange, TrafficKeys, WrongCode
+from relay.client.plain_http import PlainHTTP
+from relay.client.tcp_connect import connect_tcp
 
 # A peer's response (and so the whole PAKE) must come within this by default.
 DEFAULT_TIMEOUT = 300.0
@@ -69,16 +69,28 @@ class Joined:
     expires_in: int
 
 
+def _http_client(reactor: Any, url: str, bind_host: str | None) -> Any:
+    """PlainHTTP for an http:// relay; treq (imported only then: it pulls in pyOpenSSL)
+    for https://."""
+    if url.startswith("http://"):
+        return PlainHTTP(reactor, bind_host)
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    bind = (bind_host, 0) if bind_host else None
+    return HTTPClient(Agent(reactor, pool=pool, bindAddress=bind))
+
+
 class ChannelAPI:
-    """POST /join and /channel over treq; errors become RelayError with the relay's text."""
+    """POST /join and /channel (relay/client/http.py bounds each call); errors become
+    RelayError with the relay's text."""
 
     def __init__(self, reactor: Any, relay_url: str, bind_host: str | None = None) -> None:
         self.reactor = reactor
         self.url = relay_url.rstrip("/")
         self.bind_host = bind_host
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        bind = (bind_host, 0) if bind_host else None
-        self.http = HTTPClient(Agent(reactor, pool=pool, bindAddress=bind))
+        self.http = _http_client(reactor, self.url, bind_host)
 
     async def post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         answer = await post_bounded(
@@ -227,14 +239,12 @@ async def staple(reactor: Any, joined: Joined, keys: TrafficKeys, timeout: float
     line = b"staple %s %s %s\n" % (joined.channel.encode(), joined.role.encode(),
                                    _b64(joined.uuid).encode())
     client = _StapleClient(line)
-    bind = (bind_host, 0) if bind_host else None
-    if host.replace(".", "").isdigit():
-        endpoint: Any = TCP4ClientEndpoint(reactor, host, port, timeout=int(timeout) + 1,
-                                           bindAddress=bind)
-    else:
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=int(timeout) + 1,
-                                    bindAddress=bind)
-    await endpoint.connect(Factory.forProtocol(lambda: client))
+    try:
+        await connect_tcp(reactor, host, port, client, timeout=timeout + 1,
+                          bind_host=bind_host)
+    except ConnectError as e:
+        raise RelayError(f"cannot reach the relay's staple at {joined.staple} "
+                         f"({e.__class__.__name__})") from None
     timer = reactor.callLater(timeout, client._fail, RelayTimeout("the peer never stapled"))
     try:
         await client.ready
