@@ -21,6 +21,8 @@ import ipaddress
 import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -540,3 +542,33 @@ def test_proxy_connections_are_admitted_as_the_client_their_header_names() -> No
     assert guard.per_client == {"198.51.100.7/32": 1, "198.51.100.8/32": 1}
     assert first.value().startswith(b"HTTP/1.1 200") and other.value().startswith(b"HTTP/1.1 200")
     assert again.value().startswith(b"HTTP/1.1 429") and again.disconnecting
+
+
+_TREQ_AFTER_TLSLESS_IMPORT = """
+import sys
+from relay.client.cli import import_reactor_base_without_tls
+import_reactor_base_without_tls()  # what the relay command does first
+from twisted.internet import defer, ssl, task
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+import treq.client
+
+async def main(reactor):
+    trust = ssl.Certificate.loadPEM(open(sys.argv[2], "rb").read())
+    client = treq.client.HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(
+        trustRoot=trust)))
+    response = await client.post(sys.argv[1] + "/start_session", data=b"x", timeout=30)
+    print(response.code)
+
+task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
+"""
+
+
+def test_https_still_works_after_the_commands_tlsless_reactor_import(
+        tls_relay: TLSRelay) -> None:
+    """The relay command imports Twisted's reactor without its own TLS support (start-up
+    CPU); treq's TLS (a protocol over plain TCP) still reaches an https:// relay."""
+    done = subprocess.run([sys.executable, "-c", _TREQ_AFTER_TLSLESS_IMPORT, tls_relay.url,
+                           str(tls_relay.certificates["ca"])],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("400", "401")  # the relay answered, over TLS
