@@ -50,7 +50,9 @@ from base64 import urlsafe_b64decode
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relay.store.errors import StoreError, StoreFull, StoreUnavailable
 from relay.store.interfaces.files import (
@@ -454,6 +456,8 @@ class RedisFileStore:
         self.chunks = RedisChunkStore(backend, self._names)
         # file_id -> its ledgers' keys, from the last part stored (see put_part).
         self._file_ledgers: dict[bytes, list[list[str]]] = {}
+        # Ledger settles behind stored parts' answers (put_part).
+        self._settling: set[Deferred] = set()
 
     def _ledgers(self, sender: bytes, client: str) -> list[list[str]]:
         """The keys of the file's ledgers: its sender's, its client's, the relay's."""
@@ -525,6 +529,16 @@ class RedisFileStore:
         for result in results:
             if isinstance(result, StoreError):
                 log.warn("could not update a file ledger: {error}", error=result)
+
+    def _settle_done(self, result: Any, settling: Deferred) -> None:
+        self._settling.discard(settling)
+        if isinstance(result, Failure):  # _settle logs store errors; anything else here
+            log.failure("settling a file's ledgers failed", result)
+
+    async def _settled(self) -> None:
+        """Wait for the ledger settles this node has under way."""
+        if self._settling:
+            await gatherResults(list(self._settling))
 
     async def _release(self, ledgers: list[list[str]], tokens: list[str]) -> None:
         if tokens:
@@ -603,9 +617,16 @@ class RedisFileStore:
             if len(self._file_ledgers) >= FILES_REMEMBERED:
                 self._file_ledgers.clear()
             self._file_ledgers[file_id] = ledgers
-            await self._settle(file_id, ledgers,
-                               [gen, ver, charged, reserved, expiry, reserved_until],
-                               force=False, tokens=tokens)
+            # The part is stored: answer now and settle the ledgers behind the answer (one
+            # round trip less to wait for). Until then the holds count in the ledgers, at
+            # least what the settled entry will, so every cap still holds; this node's own
+            # ledger reads and deletes wait for its settles (_settled).
+            settling = Deferred.fromCoroutine(self._settle(
+                file_id, ledgers, [gen, ver, charged, reserved, expiry, reserved_until],
+                force=False, tokens=tokens))
+            if not settling.called:
+                self._settling.add(settling)
+                settling.addBoth(self._settle_done, settling)
             replaced = None
             if isinstance(old, bytes) and len(old) >= BLOB_BYTES:
                 replaced = PartInfo(old_size, old[BLOB_BYTES:], old[:BLOB_BYTES])
@@ -625,6 +646,7 @@ class RedisFileStore:
 
     async def delete(self, file_id: bytes) -> FileRecord | None:
         self._file_ledgers.pop(file_id, None)
+        await self._settled()
         flat = await self._backend.script(_DELETE, [self._names.file_record(file_id)], [])
         if not flat:
             return None
@@ -640,6 +662,7 @@ class RedisFileStore:
         return record
 
     async def _sums(self, sender: bytes | None, client: str | None) -> tuple[int, int]:
+        await self._settled()
         if sender is not None and client is not None:
             raise ValueError("usage of a sender or of a client, not both")
         names = self._names
