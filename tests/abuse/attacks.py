@@ -164,6 +164,13 @@ def run(target: Target, attack: Attack, *, rendezvous: bool = True, after: float
     context.start()
     try:
         report.facts = attack(context, **params)
+    except OSError as e:
+        if target.alive():
+            raise
+        # A refused or reset connection says little by itself: name the relay's end.
+        code = target.process.process.returncode  # type: ignore[union-attr]
+        raise AssertionError(f"the relay exited (status {code}) during the attack ({e}); "
+                             f"its log ends:\n{target.log()[-3000:]}") from e
     finally:
         context.finish()
     pause(after)
