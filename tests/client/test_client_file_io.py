@@ -10,7 +10,13 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from relay.client.errors import TransferError
-from relay.client.live.file_io import BackgroundHash, FileWorkers, ReadAhead, WriteBehind
+from relay.client.live.file_io import (
+    NO_HASH,
+    BackgroundHash,
+    FileWorkers,
+    ReadAhead,
+    WriteBehind,
+)
 from relay.heap import keep_big_buffers
 
 
@@ -30,14 +36,28 @@ async def test_read_ahead_gives_every_block_in_order_and_hashes_them(tmp_path, w
     hashing = BackgroundHash(workers.hash, digest)
     with open(path, "rb", buffering=0) as f:
         f.seek(3)
-        blocks = ReadAhead(workers.disk, f, hashing, 3, len(data), 4096, depth=3)
-        assert len(blocks.pending) == 3  # reads ahead, but no further than depth
+        blocks = ReadAhead(f, hashing, 3, len(data), 4096, depth=3)
         got = []
         while (block := await blocks.next()) is not None:
             got.append(block)
-            assert len(blocks.pending) <= 3
+            # The kernel was asked to read ahead, no further than depth blocks.
+            assert blocks._advised == min(len(data), 3 + (len(got) + 3) * 4096)
     assert b"".join(got) == data[3:] and {len(b) for b in got[:-1]} == {4096}
     assert await hashing.hexdigest() == hashlib.sha256(data[3:]).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_ahead_without_a_hash_reuses_one_buffer(tmp_path):
+    data = os.urandom(3 * 4096 + 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with open(path, "rb", buffering=0) as f:
+        blocks = ReadAhead(f, NO_HASH, 0, len(data), 4096)
+        got, buffers = [], set()
+        while (block := await blocks.next()) is not None:
+            got.append(bytes(block))  # valid until the next call
+            buffers.add(id(block.obj))
+    assert b"".join(got) == data and len(buffers) == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -46,12 +66,16 @@ async def test_read_ahead_notices_a_file_that_shrank(tmp_path, workers):
     path.write_bytes(bytes(10_000))
     hashing = BackgroundHash(workers.hash, hashlib.sha256())
     with open(path, "rb", buffering=0) as f:
-        blocks = ReadAhead(workers.disk, f, hashing, 0, 20_000, 4096, name="f")
+        blocks = ReadAhead(f, hashing, 0, 20_000, 4096, name="f")
         with pytest.raises(TransferError, match="shrank"):
             while await blocks.next() is not None:
                 pass
         await blocks.settle()
-        assert not blocks.pending
+    with open(path, "rb", buffering=0) as f:
+        blocks = ReadAhead(f, NO_HASH, 0, 20_000, 4096, name="f")
+        with pytest.raises(TransferError, match="shrank"):
+            while await blocks.next() is not None:
+                pass
 
 
 @pytest_twisted.ensureDeferred

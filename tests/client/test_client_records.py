@@ -236,3 +236,39 @@ def test_read_socket_refuses_data_after_the_final_record():
         with pytest.raises(RecordError, match="after the final record"):
             _read_all(opener, ours)
             opener.read_socket(ours)
+
+
+def test_payloads_open_into_the_views_the_allocator_lends():
+    import socket
+
+    sealer, opener = pair(max_payload=64 * 1024)
+    lent = []
+
+    def allocate(kind: int, size: int) -> memoryview | None:
+        if kind != DATA or size < 100:
+            return None  # a new bytes object, as by default
+        view = memoryview(bytearray(size + 7))[:size]
+        lent.append(view)
+        return view
+
+    opener.allocate = allocate
+    payloads = [(DATA, os.urandom(64 * 1024)), (9, b"{}" * 80), (DATA, b"short"),
+                (DATA, os.urandom(1000))]
+    wire = b"".join(sealer.seal(kind, p) for kind, p in payloads) + sealer.seal_final()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(wire)
+        theirs.shutdown(socket.SHUT_WR)
+        opened = _read_all(opener, ours)
+    assert [(r.kind, bytes(r.payload)) for r in opened] == payloads
+    assert [r.payload for r in opened if isinstance(r.payload, memoryview)] == lent
+    assert len(lent) == 2 and all(isinstance(r.payload, bytes) for r in opened[1:3])
+
+
+def test_a_tampered_record_opened_into_a_lent_view_still_fails():
+    sealer, opener = pair()
+    opener.allocate = lambda kind, size: memoryview(bytearray(size))
+    wire = bytearray(sealer.seal(DATA, b"x" * 500))
+    wire[-1] ^= 1
+    with pytest.raises(RecordError, match="authentication"):
+        opener.feed(bytes(wire))

@@ -24,6 +24,7 @@ from relay.client.errors import (
 )
 from relay.client.live.file_io import (
     NO_HASH,
+    AlignedBuffers,
     BackgroundHash,
     FileWorkers,
     StreamWriteBehind,
@@ -31,6 +32,7 @@ from relay.client.live.file_io import (
 )
 from relay.client.live.protocol import (
     _READ_SIZE,
+    KIND_DATA,
     MAX_TEXT,
     PROTOCOL_VERSION,
     SHA256_RESUMED_ONLY,
@@ -45,6 +47,7 @@ from relay.client.live.protocol import (
     partial_path,
     send_json,
 )
+from relay.client.live.records import DEFAULT_MAX_PAYLOAD
 from relay.client.safe_paths import (
     DEFAULT_LIMITS,
     Overwrite,
@@ -84,9 +87,14 @@ async def receive_files(channel: RecordChannel, root: Path, *,
     peer and raised as TransferError/UnsafePathError here. confirm_offer sees each entry as
     (printable name, is folder, size or None for a stream)."""
     workers = FileWorkers.start(default_reactor(reactor), "receive")
+    # File records are opened into lent page-aligned buffers, written as they are.
+    buffers = AlignedBuffers(DEFAULT_MAX_PAYLOAD)
+    open_into = getattr(channel, "open_into", None)
+    if open_into is not None:
+        open_into(lambda kind, size: buffers.take(size) if kind == KIND_DATA else None)
     try:
-        return await _receive(channel, workers, root, limits, overwrite, ask, confirm_offer,
-                              progress, stdout)
+        return await _receive(channel, workers, buffers, root, limits, overwrite, ask,
+                              confirm_offer, progress, stdout)
     except PeerCancelled:
         raise  # the sender is gone: nobody to tell
     except (TransferError, UnsafePathError, OSError) as e:
@@ -101,6 +109,8 @@ async def receive_files(channel: RecordChannel, root: Path, *,
             raise TransferError(f"cannot write: {e.strerror}") from None
         raise
     finally:
+        if open_into is not None:
+            open_into(None)
         workers.stop()
 
 
@@ -140,8 +150,8 @@ def _entry_shape(e: dict[str, Any]) -> tuple[Any, bool, Any, bool]:
         is_stream
 
 
-async def _receive(channel: RecordChannel, workers: FileWorkers, root: Path,
-                   limits: ReceiveLimits,
+async def _receive(channel: RecordChannel, workers: FileWorkers, buffers: AlignedBuffers,
+                   root: Path, limits: ReceiveLimits,
                    overwrite: Overwrite, ask: Callable[[str], bool] | None,
                    confirm_offer: Any, progress: Progress | None,
                    stdout: Any) -> ReceiveResult:
@@ -217,11 +227,11 @@ async def _receive(channel: RecordChannel, workers: FileWorkers, root: Path,
             raise TransferError("protocol error: bad offset")
         done -= offsets[index] - offset  # 0: the sender's file differs; start over
         if stdout is not None:
-            got = await _receive_to_output(channel, workers, stdout, wanted[index], index,
-                                           done, total, progress)
+            got = await _receive_to_output(channel, workers, buffers, stdout, wanted[index],
+                                           index, done, total, progress)
         else:
-            got = await _receive_one(channel, workers, root, wanted[index], index, offset,
-                                     done, total, progress)
+            got = await _receive_one(channel, workers, buffers, root, wanted[index], index,
+                                     offset, done, total, progress)
             files.append(wanted[index].target)
         done += got
         received += got
@@ -284,8 +294,8 @@ def _check_end(item: _Wanted, written: int, end: dict[str, Any]) -> bool:
     return end.get("size") == written
 
 
-async def _receive_one(channel: RecordChannel, workers: FileWorkers, root: Path,
-                       item: _Wanted, index: int, offset: int, done: int, total: int,
+async def _receive_one(channel: RecordChannel, workers: FileWorkers,
+                       buffers: AlignedBuffers, root: Path, item: _Wanted, index: int, offset: int, done: int, total: int,
                        progress: Progress | None) -> int:
     target_path(root, item.parts, create_parents=True)  # re-checked now that dirs exist
     partial = partial_path(item.target)
@@ -300,7 +310,8 @@ async def _receive_one(channel: RecordChannel, workers: FileWorkers, root: Path,
                 await workers.disk.submit(_rehash_partial, f, digest, offset)
             # Only a resumed prefix needs the whole-file hash (live/protocol.py).
             hashing = BackgroundHash(workers.hash, digest) if offset else NO_HASH
-            writer = WriteBehind(workers.disk, fd, hashing, direct=not offset)
+            writer = WriteBehind(workers.disk, fd, hashing, direct=not offset,
+                                 buffers=buffers)
             try:
                 written, end = await _receive_data(channel, writer, item, index, offset,
                                                    offset, done, total, progress)
@@ -332,12 +343,13 @@ def _remove(path: Path) -> None:
         pass
 
 
-async def _receive_to_output(channel: RecordChannel, workers: FileWorkers, out: Any,
-                             item: _Wanted, index: int, done: int, total: int,
+async def _receive_to_output(channel: RecordChannel, workers: FileWorkers,
+                             buffers: AlignedBuffers, out: Any, item: _Wanted, index: int, done: int, total: int,
                              progress: Progress | None) -> int:
     """One file written to out as its records arrive. What is written cannot be taken
     back: a failure after the first byte says that the output is incomplete or wrong."""
-    writer = StreamWriteBehind(workers.disk, out, NO_HASH)  # the records verify it all
+    # No hash: the records verify it all.
+    writer = StreamWriteBehind(workers.disk, out, NO_HASH, buffers=buffers)
     try:
         try:
             written, end = await _receive_data(channel, writer, item, index, 0, 0, done,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
@@ -68,7 +69,12 @@ Payload = bytes | bytearray | memoryview
 
 class Record(NamedTuple):
     kind: int
-    payload: bytes
+    payload: bytes | memoryview  # a view where the payload was opened into a lent buffer
+
+
+# allocate(kind, payload size): a writable view of exactly that size to open a record's
+# payload into, or None for a new bytes object (see RecordOpener.allocate).
+Allocator = Callable[[int, int], memoryview | None]
 
 
 def _nonce_prefix(direction: int) -> bytes:
@@ -154,6 +160,10 @@ class RecordOpener:
         self.finished = False
         self._record: bytearray | None = None  # read_socket's buffer, once used
         self._filled = 0
+        # Where payloads are opened: by default a new bytes object per record, which
+        # cryptography zero-fills first; the recipient of a file lends page-aligned
+        # buffers instead, written to the disk as they are (live/file_io.AlignedBuffers).
+        self.allocate: Allocator | None = None
 
     def feed(self, data: bytes) -> list[Record]:
         """The records completed by data. RecordError on any tampering, an oversized
@@ -235,14 +245,21 @@ class RecordOpener:
 
     def _open(self, header: bytes, ciphertext: Payload) -> Record | None:
         """The record's payload; None (and finished) for the final record."""
+        nonce = self._prefix + _COUNTER.pack(self._counter)
+        kind = header[-1]
+        into = None
+        if self.allocate is not None and kind != KIND_FINAL:
+            into = self.allocate(kind, len(ciphertext) - TAG_LEN)
         try:
-            payload = self._aead.decrypt(self._prefix + _COUNTER.pack(self._counter),
-                                         ciphertext, header)
+            if into is None:
+                payload: bytes | memoryview = self._aead.decrypt(nonce, ciphertext, header)
+            else:
+                self._aead.decrypt_into(nonce, ciphertext, header, into)
+                payload = into
         except InvalidTag:
             raise RecordError("a record failed authentication (tampered, reordered, "
                               "replayed or wrong key)") from None
         self._counter += 1
-        kind = header[-1]
         if kind == KIND_FINAL:
             self.finished = True
             return None
@@ -430,6 +447,11 @@ class RecordStream(Protocol):
         if item is None:
             self._queue.appendleft(None)
         return item
+
+    def open_into(self, allocate: Allocator | None) -> None:
+        """From the next record read on, open each record's payload into the view that
+        allocate(kind, size) returns (None: a new bytes object, as by default)."""
+        self.opener.allocate = allocate
 
     # ---- writing ---------------------------------------------------------------------------
 

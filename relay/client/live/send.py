@@ -171,8 +171,7 @@ async def _send_one(channel: RecordChannel, workers: FileWorkers, index: int,
             await send_json(channel, {"type": "file", "index": index, "offset": offset})
             with_hash = hash_all or offset > 0
             hashing = BackgroundHash(workers.hash, digest) if with_hash else NO_HASH
-            blocks = ReadAhead(workers.disk, f, hashing, offset, entry.size, chunk_size,
-                               name=name)
+            blocks = ReadAhead(f, hashing, offset, entry.size, chunk_size, name=name)
             try:
                 while (block := await blocks.next()) is not None:
                     await channel.send(KIND_DATA, block)

@@ -35,7 +35,13 @@ from relay.client.live.protocol import (
     tell_cancelled,
 )
 from relay.client.live.receive import receive_files
-from relay.client.live.records import DEFAULT_MAX_PAYLOAD, Record, RecordStream, directions_for
+from relay.client.live.records import (
+    DEFAULT_MAX_PAYLOAD,
+    Allocator,
+    Record,
+    RecordStream,
+    directions_for,
+)
 from relay.client.live.rendezvous import (
     ChannelAPI,
     Joined,
@@ -108,6 +114,9 @@ class Throttled:
 
     async def receive(self) -> Record | None:
         return await self.inner.receive()
+
+    def open_into(self, allocate: Allocator | None) -> None:
+        self.inner.open_into(allocate)
 
     async def finish(self) -> None:
         await self.inner.finish()
