@@ -17,7 +17,9 @@ relay, wormhole...) so that both see the same load:
    through the staple (no direct connection).
 For each run: MB/s (10^6 bytes per second over the receiver's whole run: process start, key
 exchange, transfer, fsync), CPU seconds (user + sys, from wait4) of each end, per GiB too,
-their peak RSS, and the CPU of the relay in between. CPU seconds, not wall time, are what a
+their peak RSS, and the CPU of the relay in between. Each run is followed by a 1 MiB
+transfer of the same tool: each end's fixed cost (start-up, key exchange), and from it the
+CPU per GiB beyond that fixed cost. CPU seconds, not wall time, are what a
 shared machine measures fairly. Prints a markdown table and appends JSON lines to
 OUT/e2e.jsonl. --no-anchor skips magic-wormhole.
 """
@@ -45,6 +47,7 @@ GIB = 2**30
 RELAY_CODE_LINE = re.compile(r"Code phrase: (\S+)")
 WORMHOLE_APPID = "lothar.com/wormhole/text-or-file-xfer"
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
+SMALL = 2**20  # the transfer that measures each end's fixed cost
 
 
 def parse_size(text: str) -> int:
@@ -215,6 +218,19 @@ def measure(start_sender: Callable[[], subprocess.Popen],
             "server_cpu_s": round(servers_cpu, 2)}
 
 
+def with_fixed_cost(big: dict, small: dict) -> dict:
+    """big's figures and what each end spent on the small transfer right after it (start-up,
+    key exchange: the cost of any transfer), and per GiB beyond that."""
+    moved = big["bytes"] - small["bytes"]
+    figures = dict(big)
+    for end in ("sender", "receiver"):
+        fixed = small[f"{end}_cpu_s"]
+        figures[f"{end}_fixed_cpu_s"] = fixed
+        figures[f"{end}_cpu_s_per_gib_beyond_fixed"] = round(
+            (big[f"{end}_cpu_s"] - fixed) * GIB / moved, 2)
+    return figures
+
+
 def wait_for_line(path: Path, pattern: re.Pattern, process: subprocess.Popen,
                   timeout: float = 60) -> re.Match:
     deadline = time.monotonic() + timeout
@@ -304,6 +320,8 @@ def main() -> None:
         (workdir / "home").mkdir()
         source = workdir / "big.bin"
         expected = write_file(source, size)
+        small = workdir / "small.bin"  # its transfer is (nearly) all start-up
+        expected_small = write_file(small, SMALL)
         servers: list[Server] = []
         try:
             relay, url = start_relay(workdir)
@@ -311,12 +329,17 @@ def main() -> None:
             if bin_dir is not None:
                 servers.extend(start_wormhole_servers(bin_dir, workdir))
             for number in range(args.runs):
-                result = run_relay(url, relay, source, expected, workdir)
+                result = with_fixed_cost(
+                    run_relay(url, relay, source, expected, workdir),
+                    run_relay(url, relay, small, expected_small, workdir))
                 results["relay"].append(result)
                 print(f"run {number + 1} relay: {result}", flush=True)
                 if bin_dir is not None:
-                    result = run_wormhole(bin_dir, servers[1], servers[2], source, expected,
-                                          workdir, number)
+                    result = with_fixed_cost(
+                        run_wormhole(bin_dir, servers[1], servers[2], source, expected,
+                                     workdir, number),
+                        run_wormhole(bin_dir, servers[1], servers[2], small, expected_small,
+                                     workdir, args.runs + number))
                     results["magic-wormhole"].append(result)
                     print(f"run {number + 1} magic-wormhole: {result}", flush=True)
         finally:
@@ -330,9 +353,10 @@ def main() -> None:
     print(f"\nresults in {args.out}; load average {load[0]:.1f} / {load[1]:.1f} / "
           f"{load[2]:.1f} on {os.cpu_count()} CPUs\n")
     print(f"| {args.size} through local servers (median of {args.runs}) | MB/s | "
-          f"sender CPU s/GiB | receiver CPU s/GiB | sender peak RSS MB | "
+          f"sender CPU s/GiB | receiver CPU s/GiB | fixed CPU s send / receive | "
+          f"beyond fixed, CPU s/GiB send / receive | sender peak RSS MB | "
           f"receiver peak RSS MB | server CPU s |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     labels = {"relay": "`relay send` -> `relay receive`, one relay",
               "magic-wormhole": "magic-wormhole, mailbox server + transit relay"}
     for kind, runs in results.items():
@@ -345,6 +369,9 @@ def main() -> None:
         print(f"| {labels[kind]} | {median('mb_per_s'):.1f} | "
               f"{median('sender_cpu_s_per_gib'):.2f} | "
               f"{median('receiver_cpu_s_per_gib'):.2f} | "
+              f"{median('sender_fixed_cpu_s'):.2f} / {median('receiver_fixed_cpu_s'):.2f} | "
+              f"{median('sender_cpu_s_per_gib_beyond_fixed'):.2f} / "
+              f"{median('receiver_cpu_s_per_gib_beyond_fixed'):.2f} | "
               f"{median('sender_peak_rss_mb'):.1f} | {median('receiver_peak_rss_mb'):.1f} | "
               f"{median('server_cpu_s'):.2f} |")
 
