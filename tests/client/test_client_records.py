@@ -272,3 +272,24 @@ def test_a_tampered_record_opened_into_a_lent_view_still_fails():
     wire[-1] ^= 1
     with pytest.raises(RecordError, match="authentication"):
         opener.feed(bytes(wire))
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_arriving_together_stay_within_the_queue_bound():
+    # Several records are read per wake-up of the reactor, but never past max_queued.
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    async with loopback_streams(max_queued=3) as (sender, recipient):
+        for number in range(40):
+            await sender.send(DATA, bytes([number]) * 1000)
+        await sender.finish()
+        most = 0
+        for _ in range(20):  # the records arrive while nobody reads them
+            await deferLater(reactor, 0.01)
+            most = max(most, len(recipient._queue))
+        assert 0 < most <= 3
+        got = []
+        while (item := await recipient.receive()) is not None:
+            got.append(item)
+        assert got == [(DATA, bytes([n]) * 1000) for n in range(40)]
