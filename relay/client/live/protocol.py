@@ -161,7 +161,8 @@ async def send_json(channel: RecordChannel, message: dict[str, Any]) -> None:
 
 
 def decode(record: Record | None) -> tuple[str, Any]:
-    """("json", dict) or ("data", bytes); TransferError for anything else."""
+    """("json", dict) or ("data", bytes or a lent memoryview: see RecordStream.open_into);
+    TransferError for anything else."""
     if record is None:
         raise TransferError("the peer ended the transfer early")
     kind, body = record
