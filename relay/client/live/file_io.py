@@ -176,7 +176,8 @@ class ReadAhead:
     block usually comes from the page cache: a copy of well under a millisecond per MiB.
     Reading them in a worker thread instead cost the sender about 0.2 CPU-s per GiB more:
     a block written into one core's cache was encrypted from another's, and every block
-    took two thread hand-offs.
+    took two thread hand-offs. (The cost: on a stalled network file system a read blocks
+    the reactor, and Ctrl-C with it, until the read returns.)
 
     Without a hash (NO_HASH), every block is read into one buffer (a block handed out by
     `next()` stays valid until the following call): a fresh 1 MiB buffer per block cost
