@@ -132,3 +132,22 @@ def test_without_rendezvous_drops_instead_of_failing(plain_relay, tmp_path: Path
     assert plain.code == EXIT_RELAY and "--drop" in plain.stderr
     received = bob.run("receive", "-y", "--mailbox", "-o", str(tmp_path / "in"))
     assert received.code == 0 and (tmp_path / "in" / "a.txt").read_text() == "no live"
+
+
+def test_a_mailbox_receive_that_leaves_a_drop_behind_exits_1(users, tmp_path: Path) -> None:
+    alice, bob = users("alice"), users("bob")
+    alice.add_contact(bob)
+    bob.add_contact(alice)
+    (tmp_path / "a.txt").write_text("dropped")
+    assert alice.run("message", "--to", "bob", "hello").code == 0
+    dropped = alice.run("send", "--to", "bob", "--drop", "--wait", "0", str(tmp_path / "a.txt"))
+    assert dropped.code == 0, dropped.stderr
+    # No terminal, no -y: the message is shown, the drop is left on the relay, and the exit
+    # status says that not everything was taken.
+    partly = bob.run("receive", "--mailbox", "-o", str(tmp_path / "in"))
+    assert partly.code == EXIT_FAILED, partly.stderr
+    assert b"hello" in partly.stdout and "relay receive -y" in partly.stderr
+    assert not (tmp_path / "in" / "a.txt").exists()
+    taken = bob.run("receive", "--mailbox", "-y", "-o", str(tmp_path / "in"))
+    assert taken.code == 0, taken.stderr
+    assert (tmp_path / "in" / "a.txt").read_text() == "dropped"

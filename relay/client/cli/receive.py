@@ -27,6 +27,7 @@ from relay.client.cli.consent import Entry, consent
 from relay.client.cli.context import ENV_CODE, Context
 from relay.client.cli.progress import human_bytes
 from relay.client.errors import (
+    EXIT_FAILED,
     ChannelClosed,
     RecordError,
     Refused,
@@ -434,6 +435,12 @@ def _finish(ctx: Context, receiver: Receiver) -> int:
         if receiver.resumed:
             summary += f" (resumed: {human_bytes(receiver.resumed)} were already here)"
         ctx.say(summary + ".")
+    if receiver.refused:
+        # Some drops were taken, others left on the relay (no consent): a script must not
+        # read that as done.
+        ctx.say(f"{len(receiver.refused)} transfer(s) left on the relay; "
+                f"`relay receive -y` takes them.")
+        return EXIT_FAILED
     return 0
 
 
