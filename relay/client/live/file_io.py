@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
 from relay.client.errors import TransferError
@@ -81,6 +81,7 @@ class SerialWorker:
                 self._reactor.callFromThread(result.errback, Failure())
             else:
                 self._reactor.callFromThread(result.callback, value)
+
 
 
 @attrs.frozen
@@ -239,9 +240,6 @@ class ReadAhead:
             got += count
         return view
 
-    async def settle(self) -> None:
-        """Nothing runs in the background: after the last next() the file may be closed."""
-
 
 def _advise(f: Any, offset: int, length: int, advice: str) -> None:
     """posix_fadvise where the system has it; a hint only, so any refusal is ignored."""
@@ -294,7 +292,7 @@ class WriteBehind(_Pipeline):
         hashed = self.hash.update(block)
         if lent:
             assert self.buffers is not None
-            self.buffers.give_back_after(block, job if hashed is None else [job, hashed])
+            self.buffers.give_back_after(block, [job] if hashed is None else [job, hashed])
         while len(self.pending) >= self.depth:
             await self.pending.popleft()
 
@@ -330,6 +328,14 @@ class WriteBehind(_Pipeline):
 
     def _write_direct(self, view: memoryview) -> None:  # worker thread
         """An aligned block from an aligned offset, with O_DIRECT as it is."""
+        done = self._write_aligned(view)
+        if done < len(view):
+            self._give_up_direct(0)  # nothing is staged
+            _write_all(self.fd, view[done:])
+
+    def _write_aligned(self, view: memoryview) -> int:  # worker thread
+        """Write view with O_DIRECT; the bytes written before it was refused (EINVAL), or
+        all of them."""
         done = 0
         try:
             while done < len(view):
@@ -337,8 +343,7 @@ class WriteBehind(_Pipeline):
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-            self._give_up_direct(0)  # nothing is staged
-            _write_all(self.fd, view[done:])
+        return done
 
     def _stage_block(self, block: bytes) -> None:  # worker thread
         view = memoryview(block)
@@ -358,14 +363,9 @@ class WriteBehind(_Pipeline):
         """Write the whole (aligned) part of the staging buffer; keep the rest staged."""
         assert self._stage is not None
         aligned = self._staged - self._staged % _ALIGN
-        done = 0
-        try:
-            with memoryview(self._stage) as whole:
-                while done < aligned:
-                    done += os.write(self.fd, whole[done:aligned])
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
+        with memoryview(self._stage) as whole:
+            done = self._write_aligned(whole[:aligned])
+        if done < aligned:
             self._give_up_direct(done)
             return
         rest = self._staged - aligned
@@ -424,21 +424,10 @@ class AlignedBuffers:
         if self._lent.pop(id(view), None) is view and len(self._free) < self.keep:
             self._free.append(view.obj)  # type: ignore[arg-type]
 
-    def give_back_after(self, view: memoryview,
-                        jobs: Deferred[Any] | list[Deferred[Any]]) -> None:
-        """give_back(view) once every job (whatever its outcome) has ended."""
-        waiting = [jobs] if isinstance(jobs, Deferred) else jobs
-        left = len(waiting)
-
-        def ended(result: Any) -> Any:
-            nonlocal left
-            left -= 1
-            if not left:
-                self.give_back(view)
-            return result
-
-        for job in waiting:
-            job.addBoth(ended)
+    def give_back_after(self, view: memoryview, jobs: list[Deferred[Any]]) -> None:
+        """give_back(view) once every job has ended, whatever its outcome (each job's own
+        result and failure go on to whoever awaits it)."""
+        DeferredList(jobs).addCallback(lambda _: self.give_back(view))
 
 
 # O_DIRECT's buffer address, file offset and length alignment (the largest logical block

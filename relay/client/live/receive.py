@@ -295,7 +295,8 @@ def _check_end(item: _Wanted, written: int, end: dict[str, Any]) -> bool:
 
 
 async def _receive_one(channel: RecordChannel, workers: FileWorkers,
-                       buffers: AlignedBuffers, root: Path, item: _Wanted, index: int, offset: int, done: int, total: int,
+                       buffers: AlignedBuffers, root: Path, item: _Wanted, index: int,
+                       offset: int, done: int, total: int,
                        progress: Progress | None) -> int:
     target_path(root, item.parts, create_parents=True)  # re-checked now that dirs exist
     partial = partial_path(item.target)
@@ -344,8 +345,8 @@ def _remove(path: Path) -> None:
 
 
 async def _receive_to_output(channel: RecordChannel, workers: FileWorkers,
-                             buffers: AlignedBuffers, out: Any, item: _Wanted, index: int, done: int, total: int,
-                             progress: Progress | None) -> int:
+                             buffers: AlignedBuffers, out: Any, item: _Wanted, index: int,
+                             done: int, total: int, progress: Progress | None) -> int:
     """One file written to out as its records arrive. What is written cannot be taken
     back: a failure after the first byte says that the output is incomplete or wrong."""
     # No hash: the records verify it all.

@@ -171,15 +171,13 @@ async def _send_one(channel: RecordChannel, workers: FileWorkers, index: int,
             await send_json(channel, {"type": "file", "index": index, "offset": offset})
             with_hash = hash_all or offset > 0
             hashing = BackgroundHash(workers.hash, digest) if with_hash else NO_HASH
+            # Read on this thread: no read can outlive the file.
             blocks = ReadAhead(f, hashing, offset, entry.size, chunk_size, name=name)
-            try:
-                while (block := await blocks.next()) is not None:
-                    await channel.send(KIND_DATA, block)
-                    done += len(block)
-                    if progress is not None:
-                        progress(entry.name, done, total)
-            finally:
-                await blocks.settle()  # no read may outlive the file
+            while (block := await blocks.next()) is not None:
+                await channel.send(KIND_DATA, block)
+                done += len(block)
+                if progress is not None:
+                    progress(entry.name, done, total)
     except OSError as e:
         raise TransferError(f"cannot read {name}: {e.strerror}") from None
     end: dict[str, Any] = {"type": "end", "index": index}
