@@ -8,9 +8,9 @@ relay, and magic-wormhole through its own local servers as the anchor, in one ru
 Both tools move the same file on the same loopback, their runs interleaved (relay, wormhole,
 relay, wormhole...) so that both see the same load:
 1. the `relay` command through one `twistd relay` (memory store) on free loopback ports: the
-   sender reads and hashes the file in worker threads and seals AES-256-GCM records; the
-   receiver opens them, hashes and writes in worker threads, fsyncs, and renames the file
-   into place;
+   sender reads the file (the kernel reading ahead) and seals AES-256-GCM records; the
+   receiver opens them into page-aligned buffers that a disk thread writes with O_DIRECT,
+   fsyncs, and renames the file into place (a whole-file SHA-256 only for a resumed file);
 2. magic-wormhole (PyPI, its venv from bench/install_anchors.sh, or --anchors BIN): a local
    mailbox server and transit relay, `wormhole send --no-listen` and `wormhole receive`
    with the code on the command line, so the bytes go through the transit relay as ours go
@@ -20,8 +20,9 @@ exchange, transfer, fsync), CPU seconds (user + sys, from wait4) of each end, pe
 their peak RSS, and the CPU of the relay in between. Each run is followed by a 1 MiB
 transfer of the same tool: each end's fixed cost (start-up, key exchange), and from it the
 CPU per GiB beyond that fixed cost. CPU seconds, not wall time, are what a
-shared machine measures fairly. Prints a markdown table and appends JSON lines to
-OUT/e2e.jsonl. --no-anchor skips magic-wormhole.
+shared machine measures fairly. Prints a markdown table, each end's range against the goal
+and the ratios to magic-wormhole, and appends JSON lines to OUT/e2e.jsonl. --no-anchor
+skips magic-wormhole.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ RELAY_CODE_LINE = re.compile(r"Code phrase: (\S+)")
 WORMHOLE_APPID = "lothar.com/wormhole/text-or-file-xfer"
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
 SMALL = 2**20  # the transfer that measures each end's fixed cost
+GOAL_CPU_S_PER_GIB = 1.5  # per end, start-up included (docs/performance.md)
 
 
 def parse_size(text: str) -> int:
@@ -374,6 +376,35 @@ def main() -> None:
               f"{median('receiver_cpu_s_per_gib_beyond_fixed'):.2f} | "
               f"{median('sender_peak_rss_mb'):.1f} | {median('receiver_peak_rss_mb'):.1f} | "
               f"{median('server_cpu_s'):.2f} |")
+    print_comparison(results, size)
+
+
+def print_comparison(results: dict[str, list[dict]], size: int) -> None:
+    """Each end's range over the runs against the goal (under GOAL_CPU_S_PER_GIB for a GiB
+    or more, start-up included), and the ratios to magic-wormhole's medians of the same
+    run."""
+    ours = results["relay"]
+    if not ours:
+        return
+    print()
+    for end in ("sender", "receiver"):
+        values = [r[f"{end}_cpu_s_per_gib"] for r in ours]
+        under = sum(v < GOAL_CPU_S_PER_GIB for v in values)
+        goal = (f", {under} of them under the goal of {GOAL_CPU_S_PER_GIB}"
+                if size >= GIB else " (the goal is for a GiB or more: start-up dominates)")
+        print(f"{end}: {min(values):.2f}-{max(values):.2f} CPU-s per GiB over "
+              f"{len(values)} runs{goal}")
+    anchor = results["magic-wormhole"]
+    if not anchor:
+        return
+
+    def ratio(key: str) -> float:
+        return (statistics.median(r[key] for r in anchor)
+                / statistics.median(r[key] for r in ours))
+
+    print(f"against magic-wormhole in the same run: {ratio('sender_cpu_s_per_gib'):.1f}x less "
+          f"CPU at the sender, {ratio('receiver_cpu_s_per_gib'):.1f}x at the receiver, "
+          f"{1 / ratio('mb_per_s'):.1f}x its throughput")
 
 
 if __name__ == "__main__":
