@@ -70,6 +70,7 @@ def test_identity_contacts_and_messages(users) -> None:
     received = bob.run("receive", "-y", "--mailbox")
     assert received.code == 0, received.stderr
     assert b"hello bob" in received.stdout
+    assert "Received 0" not in received.stderr  # messages alone: they said it all
     assert b"\x1b" not in received.stdout and b"\\x1b]0;pwned\\x07" in received.stdout
     assert bob.run("inbox").stdout.strip() == b"Nothing waiting."
 

@@ -233,6 +233,7 @@ class Receiver:
                 note = "" if item.encrypted else " (sent unencrypted)"
                 print(f"Message from {who}{note}, {_when(item.time)}:\n"
                       f"{printable_text(item.text)}", file=ctx.stdout, flush=True)
+                self.texts.append(item.text)
                 finished_ids.append(item.msg_id)
                 taken += 1
             elif item.kind == "offer":
