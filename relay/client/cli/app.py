@@ -197,17 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refuse offers of more than N entries")
 
     commands.add_parser("inbox", help="list what waits in your mailbox (takes nothing)",
-                        parents=[common])
+                        description="List the messages, offers and drops that wait for you "
+                        "on the relay, with who sent them and when; nothing is taken or "
+                        "deleted (`relay receive` collects them).", parents=[common])
 
     message = commands.add_parser("message", help="leave a short text for a contact",
+                                  description="Leave an end-to-end encrypted text in a "
+                                  "contact's mailbox; they read it with `relay receive`.",
                                   parents=[common])
     message.add_argument("--to", metavar="NAME", required=True)
     message.add_argument("text", nargs="+", metavar="TEXT", help="the message; - reads stdin")
 
     commands.add_parser("identity", aliases=["id"], parents=[common],
-                        help="show your public key and fingerprint (created on first use)")
+                        help="show your public key and fingerprint (created on first use)",
+                        description="Show your public key (give it to your contacts: `relay "
+                        "contacts add NAME KEY` on their side) and its fingerprint (compare "
+                        "it with theirs). The key pair is created on first use.")
 
     contacts = commands.add_parser("contacts", help="add, list or remove contacts",
+                                   description="Your contacts: names for public keys, to "
+                                   "send to (`--to NAME`) and to know who sent what.",
                                    parents=[common])
     contact_commands = contacts.add_subparsers(dest="contacts_command", metavar="ACTION",
                                                parser_class=_Parser)
