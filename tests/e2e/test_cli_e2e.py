@@ -113,7 +113,7 @@ def test_drop_to_an_offline_contact_then_received_later(users, relay, tmp_path: 
     assert sent.code == 0, sent.stderr
     assert "did not take it within 1 s" in sent.stderr and "dead drop" in sent.stderr
     listing = bob.run("inbox")
-    assert b"drop from alice: 6 file(s), 3.3 MB and a text" in listing.stdout, listing.stdout
+    assert b"drop from alice: 6 files, 3.3 MB and a text" in listing.stdout, listing.stdout
     assert b"live offer" in listing.stdout and b"expired" in listing.stdout
 
     out = tmp_path / "later"

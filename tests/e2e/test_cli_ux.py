@@ -99,6 +99,9 @@ def test_drop_at_once_then_consent_without_a_terminal(users, tmp_path: Path) -> 
     assert DROP_LINE.search(sent.stderr).group(1) == drop_code
     refused = bob.run("receive", "-o", str(tmp_path / "in"), env={"RELAY_CODE": drop_code})
     assert refused.code == EXIT_FAILED and "-y" in refused.stderr
+    # Said once, plainly: why it was left, and how to take it.
+    assert refused.stderr.count("no terminal to ask on") == 1, refused.stderr
+    assert "nothing taken; it stays on the relay" in refused.stderr
     assert "a.txt (7 B)" in refused.stderr and not (tmp_path / "in" / "a.txt").exists()
     taken = bob.run("receive", "-y", "-o", str(tmp_path / "in"), env={"RELAY_CODE": drop_code})
     assert taken.code == 0  # refused means left on the relay, not lost

@@ -62,7 +62,6 @@ def consent(ctx: Context, who: str, entries: Sequence[Entry], text: str | None) 
     if ctx.args.yes:
         return
     if not ctx.interactive():
-        raise Refused("no terminal to ask on: nothing was accepted (run `relay receive -y` "
-                      "to accept without asking)")
+        raise Refused("no terminal to ask on; `relay receive -y` accepts without asking")
     if not ctx.ask_yes_no("Accept?"):
         raise Refused("declined")

@@ -300,7 +300,7 @@ class Receiver:
             consent(self.ctx, who, entries, text)
         except Refused as e:
             self.refused.append(str(e))
-            self.ctx.say(f"Left it on the relay ({e}).")
+            self.ctx.say(f"Left it on the relay: {e}.")
             return False
         return True
 
@@ -393,7 +393,7 @@ async def cmd_receive(ctx: Context) -> int:
             if taken:
                 return _finish(ctx, receiver)
             if receiver.refused:
-                raise Refused(f"nothing taken ({receiver.refused[0]})")
+                raise Refused("nothing taken; it stays on the relay")
             if args.mailbox:
                 ctx.say("Nothing waiting.")
                 return 0
@@ -414,7 +414,7 @@ async def _receive_drop_code(ctx: Context, receiver: Receiver, code: str) -> Non
     taken = await receiver.mailbox(client, drop_recipient, {h2(sender_pk): "the drop"},
                                    {h2(sender_pk): sender_pk}, take_offers=False)
     if not taken and receiver.refused:
-        raise Refused(f"nothing taken ({receiver.refused[0]})")
+        raise Refused("nothing taken; it stays on the relay")
     if not taken:
         raise WrongCodeError("nothing is waiting under this drop code (mistyped, already "
                              "collected or expired)")
@@ -487,7 +487,7 @@ async def cmd_inbox(ctx: Context) -> int:
         entries = group.entries() if group.complete else []
         files = [e for e in entries if not e.get("dir")]
         size = sum(e.get("size", 0) for e in files if isinstance(e.get("size"), int))
-        state = (f"{len(files)} file(s), {human_bytes(size)}" if group.complete
-                 else "still arriving")
+        state = (f"{len(files)} file{'s' if len(files) != 1 else ''}, {human_bytes(size)}"
+                 if group.complete else "still arriving")
         print(f"drop from {who}: {state}" + (" and a text" if group.text else ""), file=out)
     return 0

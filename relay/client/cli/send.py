@@ -285,12 +285,11 @@ async def _send_to_contact(ctx: Context, contact: Contact, entries: list[SourceE
     bar = ctx.progress_bar("drop")
     try:
         with _spooled(entries) as files:
-            sent = await send_drop(client, identity.private_key, contact.public_key, files,
-                                   text=text, progress=bar)
+            await send_drop(client, identity.private_key, contact.public_key, files,
+                            text=text, progress=bar)
     finally:
         bar.finish()
-    ctx.say(f"Left {_summary(entries, text)} in {contact.name}'s mailbox "
-            f"({sent.files} file{'s' if sent.files != 1 else ''}); "
+    ctx.say(f"Left {_summary(entries, text)} in {contact.name}'s mailbox; "
             f"`relay receive` on their side collects it.")
     return 0
 
