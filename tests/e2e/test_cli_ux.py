@@ -102,6 +102,10 @@ def test_drop_at_once_then_consent_without_a_terminal(users, tmp_path: Path) -> 
     # Said once, plainly: why it was left, and how to take it.
     assert refused.stderr.count("no terminal to ask on") == 1, refused.stderr
     assert "nothing taken; it stays on the relay" in refused.stderr
+    quiet = bob.run("receive", "-q", "-o", str(tmp_path / "in"), env={"RELAY_CODE": drop_code})
+    # -q silences the status lines, so the error itself says why and what to do.
+    assert quiet.code == EXIT_FAILED and "no terminal to ask on" in quiet.stderr, quiet.stderr
+    assert "relay receive -y" in quiet.stderr
     assert "a.txt (7 B)" in refused.stderr and not (tmp_path / "in" / "a.txt").exists()
     taken = bob.run("receive", "-y", "-o", str(tmp_path / "in"), env={"RELAY_CODE": drop_code})
     assert taken.code == 0  # refused means left on the relay, not lost

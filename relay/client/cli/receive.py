@@ -393,7 +393,7 @@ async def cmd_receive(ctx: Context) -> int:
             if taken:
                 return _finish(ctx, receiver)
             if receiver.refused:
-                raise Refused("nothing taken; it stays on the relay")
+                raise _nothing_taken(ctx, receiver)
             if args.mailbox:
                 ctx.say("Nothing waiting.")
                 return 0
@@ -414,10 +414,17 @@ async def _receive_drop_code(ctx: Context, receiver: Receiver, code: str) -> Non
     taken = await receiver.mailbox(client, drop_recipient, {h2(sender_pk): "the drop"},
                                    {h2(sender_pk): sender_pk}, take_offers=False)
     if not taken and receiver.refused:
-        raise Refused("nothing taken; it stays on the relay")
+        raise _nothing_taken(ctx, receiver)
     if not taken:
         raise WrongCodeError("nothing is waiting under this drop code (mistyped, already "
                              "collected or expired)")
+
+
+def _nothing_taken(ctx: Context, receiver: Receiver) -> Refused:
+    """Everything offered was refused: it stays on the relay. Why was said with each offer,
+    unless -q silenced that: then the error says it."""
+    why = f" ({receiver.refused[0]})" if getattr(ctx.args, "quiet", False) else ""
+    return Refused(f"nothing taken; it stays on the relay{why}")
 
 
 def _finish(ctx: Context, receiver: Receiver) -> int:
