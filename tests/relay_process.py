@@ -98,8 +98,13 @@ class RelayProcess:
         self.kill(signal.SIGTERM)
 
     def log(self) -> str:
+        """What the relay wrote: its early output, then its log file, oldest first; twistd
+        rotates the log file at 1 MB (relay.log.1 is the newest of the older ones), which a
+        busy test reaches."""
+        rotated = sorted(self.log_path.parent.glob(self.log_path.name + ".*"),
+                         key=lambda path: -_rotation_number(path))
         text = ""
-        for path in (self.workdir / "relay.out", self.log_path):
+        for path in (self.workdir / "relay.out", *rotated, self.log_path):
             try:
                 text += path.read_text(errors="replace")
             except OSError:
@@ -115,3 +120,8 @@ class RelayProcess:
             return response.status, response.read()
         finally:
             connection.close()
+
+
+def _rotation_number(path: Path) -> int:
+    suffix = path.name.rsplit(".", 1)[1]
+    return int(suffix) if suffix.isdigit() else 0
