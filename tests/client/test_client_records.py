@@ -293,3 +293,29 @@ async def test_records_arriving_together_stay_within_the_queue_bound():
         while (item := await recipient.receive()) is not None:
             got.append(item)
         assert got == [(DATA, bytes([n]) * 1000) for n in range(40)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_peers_close_after_its_final_record_is_read_at_once():
+    # After the final record the socket is still read: the peer's close ends the connection
+    # at once (it was left unread, so the reactor spun on a readable socket until our side
+    # closed), and bytes after the final record are still refused.
+    from twisted.internet import reactor
+
+    async with loopback_streams() as (sender, recipient):
+        reads = 0
+        read_socket = recipient.transport.doRead
+
+        def counted():
+            nonlocal reads
+            reads += 1
+            return read_socket()
+
+        recipient.transport.doRead = counted
+        await sender.send(DATA, b"last")
+        await sender.finish()
+        sender.transport.loseConnection()
+        assert await recipient.receive() == (DATA, b"last")
+        assert await recipient.receive() is None
+        await recipient.closed_d.addTimeout(5, reactor)
+        assert reads < 20, reads

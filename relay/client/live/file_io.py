@@ -83,7 +83,6 @@ class SerialWorker:
                 self._reactor.callFromThread(result.callback, value)
 
 
-
 @attrs.frozen
 class FileWorkers:
     """The two threads of one transfer: `disk` reads or writes, `hash` hashes."""

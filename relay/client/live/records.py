@@ -357,9 +357,15 @@ class RecordStream(Protocol):
     def _read_socket(self) -> Any:
         """The transport's doRead for a plain TCP connection: what it returns is what
         Twisted's doRead would (None, or why the connection ends)."""
-        for _ in range(READS_PER_WAKEUP):
-            if self._failure is not None or self._reading_paused \
-                    or self.transport.disconnecting or self.opener.finished:
+        for attempt in range(READS_PER_WAKEUP):
+            if self._failure is not None:
+                return None
+            # The first read is always made: after the final record it reads the peer's
+            # close (or refuses bytes after it); left unread, a readable socket would
+            # wake the reactor again at once, for ever. Further reads stop where more
+            # records could not be taken.
+            if attempt and (self._reading_paused or self.transport.disconnecting
+                            or self.opener.finished):
                 return None
             try:
                 payloads = self.opener.read_socket(self.transport.socket)
